@@ -1,0 +1,46 @@
+"""Every allow and deny decision, on one logger, with machine-readable fields and never a credential."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from starlette.types import Scope
+
+logger = logging.getLogger("mcp_access_guard")
+
+Decision = Literal["allow", "deny"]
+
+_MAX_FIELD = 200
+
+
+def _printable(value: object) -> str:
+    # Paths and names come from the request: escape control characters so a line cannot be forged.
+    text = str(value)[:_MAX_FIELD]
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def log_decision(
+    scope: Scope,
+    *,
+    layer: str,
+    decision: Decision,
+    reason: str,
+    principal: str | None = None,
+    tool: str | None = None,
+) -> None:
+    level = logging.INFO if decision == "allow" else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return
+    client = scope.get("client")
+    fields = {
+        "layer": layer,
+        "decision": decision,
+        "reason": reason,
+        "principal": principal,
+        "path": scope.get("path"),
+        "tool": tool,
+        "client": client[0] if client else None,
+    }
+    text = " ".join(f"{key}={_printable(value)}" for key, value in fields.items() if value is not None)
+    logger.log(level, text, extra=fields)

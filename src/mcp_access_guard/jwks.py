@@ -1,0 +1,199 @@
+"""The team's signing keys: fetched over HTTPS, cached, refreshed, and served stale for a while when the
+endpoint fails."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+import anyio
+import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt import PyJWK
+from jwt.exceptions import PyJWKError
+
+logger = logging.getLogger("mcp_access_guard")
+
+_MIN_RSA_BITS = 2048
+_USER_AGENT = f"mcp-access-guard/{version('mcp-access-guard')}"
+
+
+class KeysUnavailable(Exception):
+    """No trustworthy keys: never fetched successfully, or the last good ones are past the stale window."""
+
+
+class _FetchFailed(Exception):
+    pass
+
+
+class JWKSCache:
+    """Keys by `kid`, from one certs URL. One fetch in flight at a time; unknown kids refetch at most once per
+    cooldown; keys older than `max_age` are refreshed; a failed refresh keeps the last good keys for `stale_window`.
+    """
+
+    def __init__(
+        self,
+        certs_url: str,
+        *,
+        max_age: float = 300,
+        refetch_cooldown: float = 30,
+        stale_window: float = 3600,
+        timeout: float = 5,
+        max_bytes: int = 256 * 1024,
+        http_client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.certs_url = certs_url
+        self.max_age = max_age
+        self.refetch_cooldown = refetch_cooldown
+        self.stale_window = stale_window
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.fetch_count = 0
+        self._clock = clock
+        self._client = http_client
+        self._owns_client = http_client is None
+        self._keys: dict[str, RSAPublicKey] = {}
+        self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self._lock = anyio.Lock()
+
+    @property
+    def kids(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+    async def get(self, kid: str) -> RSAPublicKey | None:
+        """The key for `kid`, or None when the endpoint does not publish it. Raises `KeysUnavailable`."""
+        now = self._clock()
+        fetched_at = self._fetched_at
+        if fetched_at is None or now - fetched_at >= self.max_age or kid not in self._keys:
+            await self._refresh_if_allowed(now)
+        fetched_at = self._fetched_at
+        if fetched_at is None or self._clock() - fetched_at >= self.max_age + self.stale_window:
+            raise KeysUnavailable
+        return self._keys.get(kid)
+
+    async def refresh(self) -> None:
+        """Fetch now, whatever the cooldown says (waiting for a fetch already in flight)."""
+        async with self._lock:
+            await self._fetch()
+
+    async def aclose(self) -> None:
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _refresh_if_allowed(self, now: float) -> None:
+        if self._attempted_at is not None and now - self._attempted_at < self.refetch_cooldown:
+            return
+        attempted_before = self._attempted_at
+        async with self._lock:
+            # Whoever held the lock before us may have just fetched: one fetch serves every waiter.
+            if self._attempted_at != attempted_before:
+                return
+            await self._fetch()
+
+    async def _fetch(self) -> None:
+        self._attempted_at = self._clock()
+        self.fetch_count += 1
+        try:
+            keys = await self._download()
+        except _FetchFailed as failure:
+            logger.warning(
+                "could not refresh Access signing keys from %s: %s; %s",
+                self.certs_url,
+                failure,
+                "serving the last good keys" if self._keys else "no keys to serve",
+                extra={"layer": "jwks", "decision": "error", "reason": "keys_fetch_failed"},
+            )
+            return
+        removed = self._keys.keys() - keys.keys()
+        if removed:
+            logger.info("Access signing keys no longer published, no longer trusted: %s", sorted(removed))
+        # Keep the objects of unchanged keys, so tokens verified under them stay cached across refreshes.
+        self._keys = {kid: self._keys[kid] if self._keys.get(kid) == key else key for kid, key in keys.items()}
+        self._fetched_at = self._clock()
+
+    async def _download(self) -> dict[str, RSAPublicKey]:
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": _USER_AGENT})
+        try:
+            # httpx's timeout bounds each read; this bounds the whole fetch, so a slow drip cannot hold us.
+            with anyio.fail_after(self.timeout):
+                body = await self._read_bounded(self._client)
+        except TimeoutError:
+            raise _FetchFailed(f"no complete answer within {self.timeout} s") from None
+        except httpx.HTTPError as exc:
+            raise _FetchFailed(f"{type(exc).__name__}") from None
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise _FetchFailed("the answer is not JSON") from None
+        keys = _parse_keys(document)
+        if not keys:
+            raise _FetchFailed("the answer holds no usable RS256 key")
+        return keys
+
+    async def _read_bounded(self, client: httpx.AsyncClient) -> bytes:
+        async with client.stream(
+            "GET", self.certs_url, headers={"Accept": "application/json"}, timeout=self.timeout
+        ) as response:
+            if response.status_code != 200:
+                detail = f" to {response.headers.get('location', '?')}" if response.is_redirect else ""
+                raise _FetchFailed(f"HTTP {response.status_code}{detail} (redirects are not followed)")
+            body = bytearray()
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise _FetchFailed(f"the answer is larger than {self.max_bytes} bytes")
+            return bytes(body)
+
+
+def _parse_keys(document: Any) -> dict[str, RSAPublicKey]:
+    """Cloudflare's `keys` array, RS256 signing keys only; anything else is skipped and logged."""
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return {}
+    keys: dict[str, RSAPublicKey] = {}
+    ambiguous: set[str] = set()
+    for entry in entries:
+        kid = entry.get("kid") if isinstance(entry, dict) else None
+        problem = _unusable(entry, kid)
+        if problem:
+            logger.warning("skipping an Access signing key (kid %r): %s", kid, problem)
+            continue
+        assert isinstance(kid, str)
+        try:
+            public_key = PyJWK(entry, algorithm="RS256").key
+        except (PyJWKError, ValueError, TypeError) as exc:
+            logger.warning("skipping an Access signing key (kid %r): %s", kid, type(exc).__name__)
+            continue
+        if not isinstance(public_key, RSAPublicKey) or public_key.key_size < _MIN_RSA_BITS:
+            logger.warning("skipping an Access signing key (kid %r): not an RSA key of %d bits or more", kid, 2048)
+            continue
+        if kid in keys:
+            ambiguous.add(kid)
+        keys[kid] = public_key
+    for kid in ambiguous:
+        # Two keys under one kid: trusting either would be a guess.
+        logger.warning("skipping Access signing key id %r: published more than once", kid)
+        del keys[kid]
+    return keys
+
+
+def _unusable(entry: Any, kid: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    if not isinstance(kid, str) or not kid:
+        return "no kid"
+    if entry.get("kty") != "RSA":
+        return f"key type {entry.get('kty')!r}, only RSA is used"
+    if entry.get("alg", "RS256") != "RS256":
+        return f"algorithm {entry.get('alg')!r}, only RS256 is used"
+    if entry.get("use", "sig") != "sig":
+        return f"use {entry.get('use')!r}, only sig is used"
+    return None
