@@ -14,7 +14,7 @@ import anyio
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 
 logger = logging.getLogger("mcp_access_guard")
 
@@ -169,7 +169,7 @@ def _parse_keys(document: Any) -> dict[str, RSAPublicKey]:
         assert isinstance(kid, str)
         try:
             public_key = PyJWK(entry, algorithm="RS256").key
-        except (PyJWKError, ValueError, TypeError) as exc:
+        except (PyJWTError, ValueError, TypeError) as exc:
             logger.warning("skipping an Access signing key (kid %r): %s", kid, type(exc).__name__)
             continue
         if not isinstance(public_key, RSAPublicKey) or public_key.key_size < _MIN_RSA_BITS:

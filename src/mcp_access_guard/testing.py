@@ -138,6 +138,9 @@ class _CertsServer(ThreadingHTTPServer):
         self.issuer = issuer
         super().__init__(address, _CertsHandler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet: a client that hangs up mid-answer (as a size-bounded one does) is expected here."""
+
 
 class LocalAccess:
     """An Access-compatible issuer on 127.0.0.1. Use as a context manager (sync or async) or start()/stop()."""
@@ -195,7 +198,9 @@ class LocalAccess:
     def _listen(self) -> None:
         self._server = _CertsServer(("127.0.0.1", self._port), self)
         self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="LocalAccess", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="LocalAccess", daemon=True
+        )
         self._thread.start()
 
     def __enter__(self) -> LocalAccess:

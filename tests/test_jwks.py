@@ -1,0 +1,215 @@
+"""JWKSCache against a real key endpoint (LocalAccess over loopback HTTP), with a controlled clock for time."""
+
+import logging
+import secrets
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from mcp_access_guard.jwks import JWKSCache, KeysUnavailable
+from mcp_access_guard.testing import Fault, LocalAccess
+
+pytestmark = pytest.mark.anyio
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def issuer() -> Iterator[LocalAccess]:
+    with LocalAccess() as running:
+        yield running
+
+
+def cache_for(issuer: LocalAccess, clock: Clock, **settings: float) -> JWKSCache:
+    options = {"max_age": 300, "refetch_cooldown": 30, "stale_window": 3600, "timeout": 2, **settings}
+    return JWKSCache(issuer.certs_url, clock=clock, **options)  # type: ignore[arg-type]
+
+
+async def test_fetches_cloudflare_shaped_keys_once(issuer: LocalAccess, clock: Clock) -> None:
+    cache = cache_for(issuer, clock)
+    key = await cache.get(issuer.current_key.kid)
+    assert key is not None
+    assert key.public_numbers() == issuer.current_key.private_key.public_key().public_numbers()
+    assert await cache.get(issuer.current_key.kid) is key
+    assert cache.fetch_count == 1
+    assert issuer.requests == 1
+    await cache.aclose()
+
+
+async def test_concurrent_first_requests_share_one_fetch(issuer: LocalAccess, clock: Clock) -> None:
+    cache = cache_for(issuer, clock)
+    results: list[object] = []
+
+    async def ask() -> None:
+        results.append(await cache.get(issuer.current_key.kid))
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(50):
+            tasks.start_soon(ask)
+    assert len(results) == 50 and all(result is results[0] for result in results)
+    assert cache.fetch_count == 1
+    await cache.aclose()
+
+
+async def test_random_kid_flood_costs_at_most_one_fetch_per_cooldown(issuer: LocalAccess, clock: Clock) -> None:
+    cache = cache_for(issuer, clock)
+    await cache.get(issuer.current_key.kid)
+    clock.advance(31)
+
+    async def ask_random() -> None:
+        assert await cache.get(secrets.token_hex(16)) is None
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(200):
+            tasks.start_soon(ask_random)
+    assert cache.fetch_count == 2
+    # Still inside the cooldown: the missing kids stay missing without another fetch.
+    clock.advance(29)
+    for _ in range(100):
+        assert await cache.get(secrets.token_hex(16)) is None
+    assert cache.fetch_count == 2
+    clock.advance(1)
+    assert await cache.get(secrets.token_hex(16)) is None
+    assert cache.fetch_count == 3
+    await cache.aclose()
+
+
+async def test_rotated_key_is_fetched_on_first_sight_and_old_key_kept(issuer: LocalAccess, clock: Clock) -> None:
+    cache = cache_for(issuer, clock)
+    old = issuer.current_key
+    await cache.get(old.kid)
+    clock.advance(60)
+    new = issuer.rotate()
+    assert await cache.get(new.kid) is not None
+    assert await cache.get(old.kid) is not None
+    assert cache.fetch_count == 2
+    await cache.aclose()
+
+
+async def test_a_key_that_disappears_is_no_longer_trusted(issuer: LocalAccess, clock: Clock) -> None:
+    cache = cache_for(issuer, clock)
+    old = issuer.current_key
+    new = issuer.rotate()
+    assert await cache.get(old.kid) is not None
+    issuer.drop(old.kid)
+    clock.advance(301)  # past max_age: the next look refreshes
+    assert await cache.get(new.kid) is not None
+    assert await cache.get(old.kid) is None
+    assert set(cache.kids) == {new.kid}
+    await cache.aclose()
+
+
+async def test_unchanged_keys_keep_their_identity_across_refreshes(issuer: LocalAccess, clock: Clock) -> None:
+    cache = cache_for(issuer, clock)
+    first = await cache.get(issuer.current_key.kid)
+    clock.advance(301)
+    assert await cache.get(issuer.current_key.kid) is first
+    assert cache.fetch_count == 2
+    await cache.aclose()
+
+
+def break_issuer(issuer: LocalAccess, fault: Fault | None) -> None:
+    if fault is None:
+        issuer.go_down()
+    else:
+        issuer.fault = fault
+
+
+FAULTS: list[Fault | None] = [None, "slow", "http_500", "garbage", "html", "empty", "non_rsa", "redirect", "huge"]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda fault: fault or "down")
+async def test_stale_keys_serve_through_a_fault_then_fail_closed_then_recover(
+    issuer: LocalAccess, clock: Clock, fault: Fault | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    issuer.slow_seconds = 1.0
+    issuer.huge_bytes = 1024 * 1024
+    cache = cache_for(issuer, clock, timeout=0.3, stale_window=600)
+    kid = issuer.current_key.kid
+    good = await cache.get(kid)
+    assert good is not None
+
+    break_issuer(issuer, fault)
+    clock.advance(301)  # keys are due for a refresh, which fails
+    with caplog.at_level(logging.WARNING, logger="mcp_access_guard"):
+        assert await cache.get(kid) is good
+    assert "could not refresh Access signing keys" in caplog.text
+    assert cache.fetch_count == 2
+
+    clock.advance(598)  # still inside the stale window, and each retry waits out the cooldown
+    assert await cache.get(kid) is good
+    assert cache.fetch_count == 3
+
+    clock.advance(2)  # past max_age + stale_window since the last good fetch: fail closed
+    with pytest.raises(KeysUnavailable):
+        await cache.get(kid)
+
+    issuer.come_back()
+    clock.advance(30)
+    assert await cache.get(kid) is good
+    assert cache.fetch_count == 4
+    await cache.aclose()
+
+
+async def test_down_at_start_up_fails_closed_and_recovers(issuer: LocalAccess, clock: Clock) -> None:
+    issuer.go_down()
+    cache = cache_for(issuer, clock)
+    for _ in range(20):
+        with pytest.raises(KeysUnavailable):
+            await cache.get("any")
+    assert cache.fetch_count == 1
+    issuer.come_back()
+    clock.advance(30)
+    assert await cache.get(issuer.current_key.kid) is not None
+    assert cache.fetch_count == 2
+    await cache.aclose()
+
+
+async def test_non_rsa_and_malformed_entries_are_skipped(issuer: LocalAccess, clock: Clock) -> None:
+    good = issuer.current_key.jwk()
+    entries = [
+        {"kid": "ec", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"},
+        {**good, "kid": "hs", "alg": "HS256"},
+        {**good, "kid": "enc", "use": "enc"},
+        {**good, "kid": ""},
+        {**good, "kid": "broken", "n": "!!!"},
+        "not an object",
+        good,
+    ]
+    from mcp_access_guard.jwks import _parse_keys
+
+    assert set(_parse_keys({"keys": entries})) == {good["kid"]}
+
+
+async def test_a_kid_published_twice_is_trusted_under_neither(issuer: LocalAccess) -> None:
+    from mcp_access_guard.jwks import _parse_keys
+
+    first = issuer.current_key.jwk()
+    second = issuer.rotate().jwk()
+    second["kid"] = first["kid"]
+    assert _parse_keys({"keys": [first, second]}) == {}
+
+
+async def test_refresh_ignores_the_cooldown(issuer: LocalAccess, clock: Clock) -> None:
+    cache = cache_for(issuer, clock)
+    await cache.get(issuer.current_key.kid)
+    new = issuer.rotate()
+    await cache.refresh()
+    assert new.kid in cache.kids
+    assert cache.fetch_count == 2
+    await cache.aclose()
