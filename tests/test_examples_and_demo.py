@@ -1,0 +1,53 @@
+"""The example server and the demo, run the way a user runs them."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import TextContent
+
+from mcp_access_guard.testing import LocalAccess, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.anyio
+async def test_whoami_example_under_uvicorn(local_access: LocalAccess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAM_DOMAIN", local_access.url)
+    monkeypatch.setenv("POLICY_AUD", local_access.audience)
+    spec = importlib.util.spec_from_file_location("whoami_server", ROOT / "examples" / "whoami_server.py")
+    assert spec and spec.loader
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    async with (
+        serve(example.app) as url,
+        httpx2.AsyncClient(headers={"Cf-Access-Jwt-Assertion": local_access.service_token("robot.access")}) as http,
+        Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+    ):
+        result = await client.call_tool("whoami", {})
+    content = result.content[0]
+    assert isinstance(content, TextContent)
+    assert content.text == "service token robot.access"
+
+
+def test_demo_command_succeeds_and_shows_every_caller() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_access_guard.cli", "demo"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    for caller, got in [
+        ("no token", "HTTP 401"),
+        ("forged token", "HTTP 403"),
+        ("expired token", "HTTP 403"),
+        ("alice", "user alice@example.com"),
+        ("service token", "service token 88bf3b6d86161464f6509f7219099e57.access"),
+    ]:
+        row = next(line for line in lines if line.startswith(caller))
+        assert " ok " in row and got in row, row
+    assert "Every caller got what it should." in done.stdout
