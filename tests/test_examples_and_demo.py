@@ -21,7 +21,8 @@ async def test_whoami_example_under_uvicorn(local_access: LocalAccess, monkeypat
     monkeypatch.setenv("TEAM_DOMAIN", local_access.url)
     monkeypatch.setenv("POLICY_AUD", local_access.audience)
     spec = importlib.util.spec_from_file_location("whoami_server", ROOT / "examples" / "whoami_server.py")
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     async with (

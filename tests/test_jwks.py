@@ -61,7 +61,8 @@ async def test_concurrent_first_requests_share_one_fetch(issuer: LocalAccess, cl
     async with anyio.create_task_group() as tasks:
         for _ in range(50):
             tasks.start_soon(ask)
-    assert len(results) == 50 and all(result is results[0] for result in results)
+    assert len(results) == 50
+    assert all(result is results[0] for result in results)
     assert cache.fetch_count == 1
     await cache.aclose()
 

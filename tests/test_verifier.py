@@ -5,6 +5,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -61,7 +62,10 @@ async def test_user_token_gives_the_user_identity(local_access: LocalAccess, ver
 async def test_service_token_with_string_aud_and_no_nbf(local_access: LocalAccess, verifier: AccessVerifier) -> None:
     token = local_access.service_token("abc123.access")
     claims = jwt.decode(token, options={"verify_signature": False})
-    assert isinstance(claims["aud"], str) and "nbf" not in claims and "email" not in claims and claims["sub"] == ""
+    assert isinstance(claims["aud"], str)
+    assert "nbf" not in claims
+    assert "email" not in claims
+    assert claims["sub"] == ""
     identity = await verifier.verify(token)
     assert identity.is_service_token
     assert identity.email is None
@@ -345,7 +349,7 @@ async def test_cached_token_is_never_served_past_exp_plus_leeway(local_access: L
     token = local_access.user_token(expires_in=2)
     identity = await verifier.verify(token)
     assert await verifier.verify(token) is identity
-    time.sleep(identity.expires_at - time.time() + 0.05)
+    await anyio.sleep(identity.expires_at - time.time() + 0.05)
     assert await refused(verifier, token) == "expired"
     await verifier.aclose()
 

@@ -59,7 +59,7 @@ async def _call_whoami(url: str, token: str | None) -> str:
         try:
             async with Client(streamable_http_client(f"{url}/mcp", http_client=http), mode="legacy") as client:
                 result = await client.call_tool("whoami", {})
-        except Exception:  # noqa: BLE001 - a refused connection surfaces as whatever the client raises
+        except Exception:  # a refused connection surfaces as whatever the client raises
             refused = [status for status in statuses if status >= 400]
             return f"HTTP {refused[0]}" if refused else "error"
     text = result.content[0]

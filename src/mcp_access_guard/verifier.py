@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import math
 import re
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, NoReturn
 
-from cachetools import TLRUCache
+from cachetools import LRUCache
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -51,7 +51,14 @@ _COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)
 _MAX_KID_LENGTH = 256
 # An Access token never carries these; a token that does is trying to bring its own key or rules.
 _REFUSED_HEADER_FIELDS = frozenset({"jku", "jwk", "x5u", "x5c", "crit"})
-_PADDING = ("", None, "==", "=")
+_BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_SEXTET = {char: value for value, char in enumerate(_BASE64URL)}
+_TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
+# By segment length modulo 4: the padding to add, and which bits of the last character encode nothing.
+_PADDING = (b"", None, b"==", b"=")
+_UNUSED_BITS = (0, None, 0b1111, 0b11)
+_PKCS1V15 = PKCS1v15()
+_SHA256 = SHA256()
 
 
 def _deny(reason: Reason, detail: str = "") -> NoReturn:
@@ -59,14 +66,14 @@ def _deny(reason: Reason, detail: str = "") -> NoReturn:
 
 
 def _b64url_decode(segment: str) -> bytes:
-    padding = _PADDING[len(segment) % 4]
-    if padding is None:
+    remainder = len(segment) % 4
+    padding, unused_bits = _PADDING[remainder], _UNUSED_BITS[remainder]
+    if padding is None or unused_bits is None:
         _deny("malformed", "a base64url segment has an impossible length")
-    decoded = base64.urlsafe_b64decode(segment + padding)
-    # Unused trailing bits must be zero: one token, one spelling.
-    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != segment.encode("ascii"):
+    # Unused bits must be zero: one token, one spelling.
+    if _SEXTET[segment[-1]] & unused_bits:
         _deny("malformed", "a base64url segment is not canonically encoded")
-    return decoded
+    return binascii.a2b_base64(segment.encode("ascii").translate(_TO_STANDARD_ALPHABET) + padding, strict_mode=True)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -140,19 +147,17 @@ class AccessVerifier:
             max_bytes=config.max_certs_bytes,
         )
         self._audiences = frozenset(config.audiences)
-        self._verified: TLRUCache[str, _Verified] = TLRUCache(
-            maxsize=config.token_cache_size, ttu=lambda _token, entry, _now: entry.valid_until, timer=time.time
-        )
+        self._verified: LRUCache[str, _Verified] = LRUCache(maxsize=config.token_cache_size)
 
     async def verify(self, token: str | None) -> AccessIdentity:
         if not token:
             _deny("missing")
         verified = self._verified.get(token)
         if verified is not None:
-            # A cached token stands only while the key that signed it is still published and fresh enough.
-            if await self._key(verified.kid) is verified.key:
+            # A cached token stands only until it expires, and while the key that signed it is still trusted.
+            if verified.valid_until > time.time() and await self._key(verified.kid) is verified.key:
                 return verified.identity
-            del self._verified[token]
+            self._verified.pop(token, None)
         verified = await self._verify_uncached(token)
         self._verified[token] = verified
         return verified.identity
@@ -190,7 +195,7 @@ class AccessVerifier:
             _deny("unknown_key", "kid is not among the published keys")
         signature = _b64url_decode(signature_segment)
         try:
-            key.verify(signature, f"{header_segment}.{payload_segment}".encode("ascii"), PKCS1v15(), SHA256())
+            key.verify(signature, f"{header_segment}.{payload_segment}".encode("ascii"), _PKCS1V15, _SHA256)
         except InvalidSignature:
             _deny("bad_signature")
 
