@@ -50,5 +50,6 @@ def test_demo_command_succeeds_and_shows_every_caller() -> None:
         ("service token", "service token 88bf3b6d86161464f6509f7219099e57.access"),
     ]:
         row = next(line for line in lines if line.startswith(caller))
-        assert " ok " in row and got in row, row
+        assert " ok " in row, row
+        assert got in row, row
     assert "Every caller got what it should." in done.stdout
