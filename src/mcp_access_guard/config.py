@@ -8,10 +8,16 @@ import ipaddress
 import logging
 import os
 import re
+import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from .jsonrpc import DEFAULT_MAX_BODY_BYTES
+from .middleware.cors import DEFAULT_MCP_ORIGINS
+from .middleware.service_token import DEFAULT_SECRET_HEADER
+from .policy import Rule, ToolPolicy
 
 logger = logging.getLogger("mcp_access_guard")
 
@@ -203,3 +209,201 @@ def normalise_certs_url(value: str, setting: str = "certs_url") -> str:
     if parts.scheme not in ("https", "http") or not host or parts.username or parts.password:
         raise ConfigError(f"{setting}={value!r}: expected an https:// URL of the certs endpoint")
     return value.strip()
+
+
+# -- the whole stack ---------------------------------------------------------------------------------------------
+
+DEFAULT_PATHS = ("/mcp", "/health")
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
+    """The path allow-list, outermost layer: everything else is 404."""
+
+    allow: tuple[str, ...] = DEFAULT_PATHS
+    # Answer /health here, with no credential, so a health check never reaches the MCP app.
+    health: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CORSSettings:
+    """Browser clients: CORS, Origin refusal and, optionally, a Host allow-list."""
+
+    allow_origins: tuple[str, ...] = DEFAULT_MCP_ORIGINS
+    extra_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] | None = None
+    trust_forwarded_host: bool = False
+    allow_credentials: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTokenSettings:
+    """The tunnel's shared secret and direct service-token pairs. The layer is on when either is configured."""
+
+    header: str = DEFAULT_SECRET_HEADER
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    client_credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secrets or self.client_credentials)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    """Every layer's settings. Each field but `access` has a safe default; set `paths` or `cors` to None to leave
+    that layer out. `access=None` leaves the server open, so it needs `dev=True` said out loud."""
+
+    access: AccessConfig | None
+    paths: PathSettings | None = PathSettings()
+    cors: CORSSettings | None = CORSSettings()
+    service_token: ServiceTokenSettings = ServiceTokenSettings()
+    allow: Rule | None = None
+    cookie: bool = False
+    www_authenticate: str | None = None
+    tools: ToolPolicy | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    dev: bool = False
+
+    def __post_init__(self) -> None:
+        if self.access is None and not self.dev:
+            raise ConfigError(
+                "no Access configuration (team domain and audience): the server would be open to anyone. "
+                "Set TEAM_DOMAIN and POLICY_AUD ([access] in TOML), or dev mode to run open on purpose"
+            )
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> GuardConfig:
+        """Read a TOML file shaped like `examples/guard.toml`. Unknown keys are refused, so typos are not ignored."""
+        with open(path, "rb") as file:
+            try:
+                document = tomllib.load(file)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        return _guard_config_from_tables(document, str(path))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GuardConfig:
+        """The variables listed in the README's configuration reference."""
+        env = os.environ if environ is None else environ
+        listed = {name: tuple(_split(env[name])) for name in _LIST_VARIABLES if env.get(name, "").strip()}
+        dev = _flag(env, "GUARD_DEV")
+        access = None if dev and not env.get("TEAM_DOMAIN") else AccessConfig.from_env(env)
+        cors_settings: dict[str, Any] = {"trust_forwarded_host": _flag(env, "GUARD_TRUST_FORWARDED_HOST")}
+        for variable, name in (
+            ("GUARD_ALLOWED_ORIGINS", "allow_origins"),
+            ("GUARD_EXTRA_ORIGINS", "extra_origins"),
+            ("GUARD_ALLOWED_HOSTS", "allowed_hosts"),
+        ):
+            if variable in listed:
+                cors_settings[name] = listed[variable]
+        tools = None
+        if "ALLOWED_EMAILS" in listed or "ALLOWED_EMAILS_TOOL" in env:
+            tool = env.get("ALLOWED_EMAILS_TOOL", "").strip()
+            if not tool:
+                raise ConfigError("ALLOWED_EMAILS is set: ALLOWED_EMAILS_TOOL must name the tool it restricts")
+            tools = ToolPolicy.from_env(tool, env)
+        return cls(
+            access=access,
+            paths=PathSettings(allow=listed.get("GUARD_PATHS", DEFAULT_PATHS)),
+            cors=CORSSettings(**cors_settings),
+            service_token=ServiceTokenSettings(
+                header=env.get("GUARD_SECRET_HEADER", DEFAULT_SECRET_HEADER),
+                secrets=listed.get("GUARD_SECRETS", ()),
+            ),
+            tools=tools,
+            dev=dev,
+        )
+
+
+_LIST_VARIABLES = (
+    "GUARD_PATHS",
+    "GUARD_ALLOWED_ORIGINS",
+    "GUARD_EXTRA_ORIGINS",
+    "GUARD_ALLOWED_HOSTS",
+    "GUARD_SECRETS",
+    "ALLOWED_EMAILS",
+)
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"{name}={value!r}: expected true or false")
+    return value in ("1", "true", "yes")
+
+
+def _table(document: Mapping[str, Any], name: str, where: str, known: Iterable[str]) -> dict[str, Any] | None:
+    table = document.get(name)
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: [{name}] has unknown key(s) {sorted(unknown)}; known: {', '.join(known)}")
+    return table
+
+
+def _settings(kind: type[Any], table: Mapping[str, Any]) -> Any:
+    return kind(**{name: tuple(value) if isinstance(value, list) else value for name, value in table.items()})
+
+
+_ACCESS_KEYS = (
+    *inspect.signature(AccessConfig.__init__).parameters.keys() - {"self"},
+    "allow",
+    "cookie",
+    "www_authenticate",
+)
+
+
+def _guard_config_from_tables(document: Mapping[str, Any], where: str) -> GuardConfig:
+    unknown = set(document) - {
+        "access",
+        "paths",
+        "cors",
+        "service_token",
+        "tools",
+        "prompts",
+        "resources",
+        "dev",
+        "max_body_bytes",
+    }
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {sorted(unknown)}")
+    access_table = _table(document, "access", where, sorted(_ACCESS_KEYS))
+    paths_table = _table(document, "paths", where, ("enabled", *PathSettings.__dataclass_fields__))
+    cors_table = _table(document, "cors", where, ("enabled", *CORSSettings.__dataclass_fields__))
+    secret_table = _table(document, "service_token", where, ServiceTokenSettings.__dataclass_fields__)
+    tools_table = dict(document.get("tools") or {})
+    default = tools_table.pop("default", "allow")
+    try:
+        access = dict(access_table or {})
+        allow = access.pop("allow", None)
+        jwt_options = {name: access.pop(name) for name in ("cookie", "www_authenticate") if name in access}
+        paths = dict(paths_table or {})
+        cors = dict(cors_table or {})
+        has_policy = tools_table or document.get("prompts") or document.get("resources")
+        return GuardConfig(
+            access=AccessConfig(**access) if access_table is not None else None,
+            paths=_settings(PathSettings, paths) if paths.pop("enabled", True) else None,
+            cors=_settings(CORSSettings, cors) if cors.pop("enabled", True) else None,
+            service_token=_settings(ServiceTokenSettings, secret_table or {}),
+            allow=Rule(**allow) if allow is not None else None,
+            tools=ToolPolicy.from_mapping(
+                tools_table, default, prompts=document.get("prompts"), resources=document.get("resources")
+            )
+            if has_policy
+            else None,
+            max_body_bytes=document.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES),
+            dev=document.get("dev", False),
+            **jwt_options,
+        )
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None

@@ -88,17 +88,19 @@ class PathAllowlistMiddleware:
             return
 
         path = _route_path(scope)
-        reason = "raw_path_mismatch" if path is None else _refusal_reason(path)
-        if path is not None and reason is None:
-            if self.health and path == HEALTH_PATH:
-                await self._answer_health(scope, receive, send)
-                return
-            if self.is_allowed(path):
-                log_decision(scope, layer=LAYER, decision="allow", reason="path_allowed")
-                await self.app(scope, receive, send)
-                return
-            reason = "not_listed"
+        if path is None:
+            await self._refuse(scope, receive, send, "raw_path_mismatch")
+        elif (reason := _refusal_reason(path)) is not None:
+            await self._refuse(scope, receive, send, reason)
+        elif self.health and path == HEALTH_PATH:
+            await self._answer_health(scope, receive, send)
+        elif not self.is_allowed(path):
+            await self._refuse(scope, receive, send, "not_listed")
+        else:
+            log_decision(scope, layer=LAYER, decision="allow", reason="path_allowed")
+            await self.app(scope, receive, send)
 
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, reason: str) -> None:
         log_decision(scope, layer=LAYER, decision="deny", reason=reason)
         await JSONResponse({"error": "not_found"}, status_code=404)(scope, receive, send)
 

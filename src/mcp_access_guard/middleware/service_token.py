@@ -1,0 +1,182 @@
+"""Proof that a request came through the operator's own tunnel or Worker, and direct service-token credentials.
+
+Two modes, usable together:
+
+- a shared secret in a header (name configurable) that the tunnel or Worker adds; several secrets may be valid at
+  once, for rotation. Missing or wrong is 403, never 401: a 401 makes Cloudflare's Managed OAuth re-authenticate
+  in a loop.
+- `CF-Access-Client-Id` / `CF-Access-Client-Secret` pairs checked here, for an origin with no Access in front (a
+  LAN, local development); a match binds the same service-token identity the JWT layer would produce. With no pair
+  sent the request goes on without an identity, for the JWT layer after this one to decide.
+
+Every credential header is removed before the request reaches the app. Secrets are kept only as SHA-256 digests
+and compared with `hmac.compare_digest` against every configured value, so the time taken says nothing about which
+one matched or how long they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..audit import log_decision
+from ..identity import AccessIdentity, bind_identity
+
+LAYER = "service_token"
+DEFAULT_SECRET_HEADER = "Cf-Access-Guard-Secret"
+CLIENT_ID_HEADER = "cf-access-client-id"
+CLIENT_SECRET_HEADER = "cf-access-client-secret"
+SERVICE_TOKEN_SUFFIX = ".access"
+
+SWAPPED_HINT = "CF-Access-Client-Id and CF-Access-Client-Secret look swapped: the client id ends in .access"
+QUOTED_HINT = "a credential header carries stray quotes or whitespace; send the bare value"
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def _header_digest(value: str) -> bytes:
+    # Starlette decodes header bytes as latin-1; encoding back gives the exact bytes that came over the wire.
+    return _digest(value.encode("latin-1"))
+
+
+def _matches_any(candidate_digest: bytes, digests: Iterable[bytes]) -> bool:
+    matched = False
+    for digest in digests:
+        matched |= hmac.compare_digest(candidate_digest, digest)
+    return matched
+
+
+def _looks_quoted(value: str) -> bool:
+    return value[:1] in ("'", '"') or value[-1:] in ("'", '"') or any(char.isspace() for char in value)
+
+
+def _check_configured(kind: str, value: str) -> None:
+    if not value or _looks_quoted(value):
+        raise ValueError(f"a configured {kind} is empty or has stray quotes or whitespace")
+
+
+def service_token_identity(client_id: str) -> AccessIdentity:
+    """The identity of a service token, shaped exactly like the one the JWT layer builds from Access's token."""
+    return AccessIdentity(
+        subject="",
+        issuer="local",
+        expires_at=0,  # no expiry: the pair is valid for as long as it is configured
+        email=None,
+        common_name=client_id,
+        claims=MappingProxyType({"common_name": client_id, "type": "app"}),
+    )
+
+
+class _Refusal(Exception):
+    def __init__(self, reason: str, hint: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+
+class ServiceTokenMiddleware:
+    """Require the tunnel's shared secret and/or check direct service-token pairs; refuse with 403."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        header: str = DEFAULT_SECRET_HEADER,
+        secrets: Iterable[str] = (),
+        client_credentials: Mapping[str, str] | None = None,
+    ) -> None:
+        if isinstance(secrets, str):
+            raise ValueError("secrets must be a list of secrets, not one string (each character would be a secret)")
+        secrets = tuple(secrets)
+        client_credentials = dict(client_credentials or {})
+        if not secrets and not client_credentials:
+            raise ValueError("ServiceTokenMiddleware needs secrets or client_credentials (fail closed)")
+        for secret in secrets:
+            _check_configured("secret", secret)
+        for client_id, client_secret in client_credentials.items():
+            _check_configured("client id", client_id)
+            _check_configured("client secret", client_secret)
+            if client_secret.endswith(SERVICE_TOKEN_SUFFIX) and not client_id.endswith(SERVICE_TOKEN_SUFFIX):
+                raise ValueError("client_credentials look swapped: map the client id (ending in .access) to its secret")
+        self.header = header.lower()
+        if self.header in (CLIENT_ID_HEADER, CLIENT_SECRET_HEADER):
+            raise ValueError("the shared-secret header must not be one of the CF-Access-Client headers")
+        self.app = app
+        self._secret_digests = tuple(_digest(secret.encode()) for secret in secrets)
+        self._credential_digests = tuple(
+            (client_id, _digest(client_id.encode()), _digest(client_secret.encode()))
+            for client_id, client_secret in client_credentials.items()
+        )
+        credential_headers = (self.header, CLIENT_ID_HEADER, CLIENT_SECRET_HEADER)
+        self._removed_headers = frozenset(name.encode("latin-1") for name in credential_headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        headers = Headers(scope=scope)
+        try:
+            if self._secret_digests:
+                self._check_shared_secret(headers)
+            client_id = self._check_client_credentials(headers) if self._credential_digests else None
+        except _Refusal as refusal:
+            log_decision(scope, layer=LAYER, decision="deny", reason=refusal.reason)
+            body: dict[str, Any] = {"error": "forbidden"}
+            if refusal.hint:
+                body["hint"] = refusal.hint
+            await JSONResponse(body, status_code=403)(scope, receive, send)
+            return
+
+        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() not in self._removed_headers]}
+        if client_id is None:
+            reason = "shared_secret" if self._secret_digests else "no_pair"
+            log_decision(scope, layer=LAYER, decision="allow", reason=reason)
+            await self.app(scope, receive, send)
+            return
+        log_decision(scope, layer=LAYER, decision="allow", reason="client_credentials", principal=client_id)
+        with bind_identity(scope, service_token_identity(client_id)):
+            await self.app(scope, receive, send)
+
+    def _check_shared_secret(self, headers: Headers) -> None:
+        values = headers.getlist(self.header)
+        if not values:
+            raise _Refusal("secret_missing")
+        if len(values) > 1:
+            raise _Refusal("secret_duplicated")
+        if not _matches_any(_header_digest(values[0]), self._secret_digests):
+            if _looks_quoted(values[0]):
+                raise _Refusal("secret_quoted", QUOTED_HINT)
+            raise _Refusal("secret_wrong")
+
+    def _check_client_credentials(self, headers: Headers) -> str | None:
+        """The client id of a valid pair, None when no pair was sent; raises `_Refusal` for anything else."""
+        ids, secrets = headers.getlist(CLIENT_ID_HEADER), headers.getlist(CLIENT_SECRET_HEADER)
+        if not ids and not secrets:
+            return None
+        if len(ids) > 1 or len(secrets) > 1:
+            raise _Refusal("credentials_duplicated")
+        if not ids or not secrets:
+            raise _Refusal("credentials_incomplete")
+        sent_id, sent_secret = ids[0], secrets[0]
+        id_digest, secret_digest = _header_digest(sent_id), _header_digest(sent_secret)
+        matched_id = None
+        for client_id, expected_id, expected_secret in self._credential_digests:
+            # `&`, not `and`: both comparisons run for every pair, so timing does not tell which part was wrong.
+            if hmac.compare_digest(id_digest, expected_id) & hmac.compare_digest(secret_digest, expected_secret):
+                matched_id = client_id
+        if matched_id is not None:
+            return matched_id
+        if sent_secret.endswith(SERVICE_TOKEN_SUFFIX) and not sent_id.endswith(SERVICE_TOKEN_SUFFIX):
+            raise _Refusal("credentials_swapped", SWAPPED_HINT)
+        if _looks_quoted(sent_id) or _looks_quoted(sent_secret):
+            raise _Refusal("credentials_quoted", QUOTED_HINT)
+        raise _Refusal("credentials_wrong")

@@ -1,0 +1,276 @@
+"""PathAllowlistMiddleware over real uvicorn: a raw-socket bypass corpus, health, root_path, and a real MCPServer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from mcp.server.mcpserver import MCPServer
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Mount
+from starlette.types import Message, Receive, Scope, Send
+
+from mcp_access_guard.middleware.paths import PathAllowlistMiddleware
+from mcp_access_guard.testing import serve
+
+pytestmark = pytest.mark.anyio
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}},
+}
+MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+
+class EchoApp:
+    """Answers every request with what it saw, and records that lifespan reached it."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.started = True
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = {"reached": True, "path": scope["path"], "root_path": scope.get("root_path", "")}
+        await JSONResponse(body)(scope, receive, send)
+
+
+async def raw_request(base_url: str, target: bytes, method: bytes = b"GET") -> tuple[int, bytes]:
+    """Send a request line exactly as given, so no client normalises the path; return status and body."""
+    url = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body
+
+
+@pytest.fixture
+async def echo_url() -> AsyncIterator[str]:
+    app = EchoApp()
+    async with serve(PathAllowlistMiddleware(app, allow=("/mcp", "/health", "/docs/*"))) as url:
+        assert app.started, "lifespan must pass through the path layer untouched"
+        yield url
+
+
+# (target as sent on the wire, expected status). 200 means the app was reached; 404 is this layer's refusal;
+# 400 is uvicorn (h11) refusing a request line that is not valid HTTP before any app runs.
+BYPASS_CORPUS = [
+    pytest.param(b"/mcp", 200, id="exact"),
+    pytest.param(b"/mcp?x=1", 200, id="query-string"),
+    pytest.param(b"/mcp?", 200, id="empty-query"),
+    pytest.param(b"/mcp?/../admin", 200, id="dots-in-query-only"),
+    pytest.param(b"/health", 200, id="health-listed"),
+    pytest.param(b"/docs/a", 200, id="subtree-child"),
+    pytest.param(b"/docs/a/b", 200, id="subtree-grandchild"),
+    pytest.param(b"/docs/a/", 200, id="subtree-trailing-slash"),
+    pytest.param(b"/", 404, id="root"),
+    pytest.param(b"/mcp/", 404, id="trailing-slash-not-listed"),
+    pytest.param(b"/mcpx", 404, id="longer-name"),
+    pytest.param(b"/mcp-admin", 404, id="dash-suffix"),
+    pytest.param(b"/mcp.", 404, id="dot-suffix"),
+    pytest.param(b"/MCP", 404, id="upper-case"),
+    pytest.param(b"/Mcp", 404, id="mixed-case"),
+    pytest.param(b"/mcp/extra", 404, id="below-exact"),
+    pytest.param(b"/health/", 404, id="health-trailing-slash"),
+    pytest.param(b"/docs", 404, id="subtree-root-itself"),
+    pytest.param(b"/docs/", 404, id="subtree-root-slash"),
+    pytest.param(b"/docsx/a", 404, id="subtree-sibling"),
+    pytest.param(b"//mcp", 404, id="double-slash-leading"),
+    pytest.param(b"/mcp//", 404, id="double-slash-trailing"),
+    pytest.param(b"/docs//a", 404, id="double-slash-in-subtree"),
+    pytest.param(b"/./mcp", 404, id="dot-segment"),
+    pytest.param(b"/mcp/.", 404, id="trailing-dot-segment"),
+    pytest.param(b"/x/../mcp", 404, id="dotdot-into-allowed"),
+    pytest.param(b"/mcp/..", 404, id="trailing-dotdot"),
+    pytest.param(b"/docs/../admin", 404, id="dotdot-out-of-subtree"),
+    pytest.param(b"/docs/.../a", 404, id="dot-run-segment"),
+    pytest.param(b"/.well-known/../mcp", 404, id="dotdot-via-well-known"),
+    pytest.param(b"/%6dcp", 404, id="encoded-unreserved-letter"),
+    pytest.param(b"/docs/%41", 404, id="encoded-unreserved-in-subtree"),
+    pytest.param(b"/mcp%2f", 404, id="encoded-slash-lower"),
+    pytest.param(b"/docs%2Fa", 404, id="encoded-slash-into-subtree"),
+    pytest.param(b"/%2fmcp", 404, id="encoded-leading-slash"),
+    pytest.param(b"/docs/%2e%2e/admin", 404, id="encoded-dotdot"),
+    pytest.param(b"/docs/.%2e/admin", 404, id="half-encoded-dotdot"),
+    pytest.param(b"/%2e/mcp", 404, id="encoded-dot"),
+    pytest.param(b"/docs/a%2f..%2fb", 404, id="encoded-slash-dotdot"),
+    pytest.param(b"/mcp%5c", 404, id="encoded-backslash"),
+    pytest.param(b"/docs\\..\\admin", 404, id="backslash-dotdot"),
+    pytest.param(b"/mcp\\", 404, id="trailing-backslash"),
+    pytest.param(b"/mcp%00", 404, id="encoded-nul"),
+    pytest.param(b"/mcp%0a", 404, id="encoded-newline"),
+    pytest.param(b"/mcp%09", 404, id="encoded-tab"),
+    pytest.param(b"/mcp%20", 404, id="encoded-space"),
+    pytest.param(b"/mcp%", 404, id="truncated-escape"),
+    pytest.param(b"/mcp%zz", 404, id="malformed-escape"),
+    pytest.param(b"/mcp%25", 404, id="encoded-percent"),
+    pytest.param(b"/%C3%A9", 404, id="encoded-non-ascii"),
+    pytest.param(b"/mcp;jsessionid=1", 404, id="path-parameter"),
+    pytest.param(b"/mcp;", 404, id="empty-path-parameter"),
+    pytest.param(b"/docs/a;b", 404, id="parameter-in-subtree"),
+    pytest.param(b"/mcp%3b", 404, id="encoded-semicolon"),
+    pytest.param(b"/mcp#frag", 404, id="fragment-in-target"),
+    pytest.param(b"mcp", 404, id="no-leading-slash"),
+    pytest.param(b"*", 404, id="asterisk-form"),
+    pytest.param(b"http://127.0.0.1/mcp", 404, id="absolute-form"),
+    pytest.param(b"/mcp\x00", 400, id="raw-nul"),
+    pytest.param(b"/mcp\x01", 400, id="raw-control"),
+    pytest.param(b"/mcp\x7f", 400, id="raw-del"),
+    pytest.param(b"/m\xc3\xa9", 400, id="raw-non-ascii"),
+    pytest.param(b"/mcp\t", 400, id="raw-tab"),
+    pytest.param(b"/mcp /x", 400, id="raw-space"),
+]
+
+
+@pytest.mark.parametrize(("target", "expected"), BYPASS_CORPUS)
+async def test_bypass_corpus(echo_url: str, target: bytes, expected: int) -> None:
+    status, body = await raw_request(echo_url, target)
+    assert status == expected
+    if expected == 200:
+        assert json.loads(body)["reached"] is True
+    else:
+        assert b"reached" not in body
+    if expected == 404:
+        assert json.loads(body) == {"error": "not_found"}
+
+
+@pytest.mark.parametrize("method", [b"POST", b"DELETE", b"OPTIONS", b"PUT"])
+async def test_refusal_does_not_depend_on_method(echo_url: str, method: bytes) -> None:
+    assert (await raw_request(echo_url, b"/mcp/..", method=method))[0] == 404
+    assert (await raw_request(echo_url, b"/mcp", method=method))[0] == 200
+
+
+async def test_refusals_are_logged_with_a_reason(echo_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mcp_access_guard")
+    for target in (b"/%6dcp", b"/mcp;x", b"/x/../mcp", b"/mcpx", b"/mcp"):
+        await raw_request(echo_url, target)
+    records = [vars(record) for record in caplog.records if record.name == "mcp_access_guard"]
+    reasons = [(record["decision"], record["reason"]) for record in records]
+    assert reasons == [
+        ("deny", "raw_path_mismatch"),
+        ("deny", "path_parameter"),
+        ("deny", "dot_segment"),
+        ("deny", "not_listed"),
+        ("allow", "path_allowed"),
+    ]
+
+
+async def test_health_answered_by_the_layer() -> None:
+    app = EchoApp()
+    async with serve(PathAllowlistMiddleware(app, allow=("/mcp",), health=True)) as url, httpx.AsyncClient() as client:
+        response = await client.get(url + "/health")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+        head = await client.head(url + "/health")
+        assert head.status_code == 200
+        assert head.content == b""
+        post = await client.post(url + "/health")
+        assert post.status_code == 405
+        assert post.headers["allow"] == "GET, HEAD"
+        assert "reached" not in post.text
+        assert (await client.get(url + "/health/")).status_code == 404
+        assert (await client.get(url + "/mcp")).json()["reached"] is True
+
+
+async def test_health_off_passes_health_to_the_app() -> None:
+    async with serve(PathAllowlistMiddleware(EchoApp())) as url, httpx.AsyncClient() as client:
+        assert (await client.get(url + "/health")).json() == {"reached": True, "path": "/health", "root_path": ""}
+
+
+async def test_mounted_under_root_path() -> None:
+    guarded = PathAllowlistMiddleware(EchoApp(), allow=("/mcp",))
+    parent = Starlette(routes=[Mount("/api", app=guarded)])
+    async with serve(parent) as url:
+        status, body = await raw_request(url, b"/api/mcp")
+        assert status == 200
+        assert json.loads(body) == {"reached": True, "path": "/api/mcp", "root_path": "/api"}
+        assert (await raw_request(url, b"/api/mcpx"))[0] == 404
+        assert (await raw_request(url, b"/api/api/mcp"))[0] == 404
+        assert (await raw_request(url, b"/api/x/../mcp"))[0] == 404
+        assert (await raw_request(url, b"/api/%6dcp"))[0] == 404
+
+
+async def test_in_front_of_a_real_mcp_server() -> None:
+    server = MCPServer("paths-test")
+    async with serve(PathAllowlistMiddleware(server.streamable_http_app())) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/mcp", json=INITIALIZE, headers=MCP_ACCEPT)
+        assert response.status_code == 200
+        assert response.headers["mcp-session-id"]
+        assert '"serverInfo"' in response.text
+        # Without the layer the SDK would answer /mcp/ with a redirect to /mcp; here nothing unlisted reaches it.
+        slash = await client.post(url + "/mcp/", json=INITIALIZE, headers=MCP_ACCEPT)
+        assert slash.status_code == 404
+        assert slash.json() == {"error": "not_found"}
+        assert (await raw_request(url, b"/%6dcp", method=b"POST"))[0] == 404
+        assert (await client.get(url + "/mcp-admin")).status_code == 404
+
+
+async def call_directly(app: PathAllowlistMiddleware, scope: dict[str, Any]) -> list[Message]:
+    """Drive the middleware with a hand-made scope: for what uvicorn cannot produce (no raw_path, websockets)."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"} if scope["type"] == "websocket" else {"type": "http.request"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def http_scope(path: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b"", **extra}
+
+
+async def test_path_checked_when_server_gives_no_raw_path() -> None:
+    layer = PathAllowlistMiddleware(EchoApp())
+    assert (await call_directly(layer, http_scope("/mcp")))[0]["status"] == 200
+    assert (await call_directly(layer, http_scope("/x/../mcp")))[0]["status"] == 404
+    assert (await call_directly(layer, http_scope("/mcp\x00")))[0]["status"] == 404
+    assert (await call_directly(layer, http_scope("/mcp", raw_path=b"/mcp/")))[0]["status"] == 404
+
+
+async def test_websocket_is_checked_like_http() -> None:
+    reached: list[str] = []
+
+    async def websocket_app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["path"])
+        await send({"type": "websocket.close", "code": 1000})
+
+    layer = PathAllowlistMiddleware(websocket_app)
+    websocket = {"type": "websocket", "headers": [], "query_string": b"", "extensions": {"websocket.http.response": {}}}
+    refused = await call_directly(layer, {**websocket, "path": "/admin", "raw_path": b"/admin"})
+    assert refused[0] == {"type": "websocket.http.response.start", "status": 404, "headers": refused[0]["headers"]}
+    assert reached == []
+    await call_directly(layer, {**websocket, "path": "/mcp", "raw_path": b"/mcp"})
+    assert reached == ["/mcp"]
+
+
+@pytest.mark.parametrize("entry", ["mcp", "", "/a/../b", "/a//b", "/mcp;x", "/mcp%2f", "/mcp*", "/a/*/b", "/m\\cp"])
+def test_ambiguous_allow_list_entries_are_rejected(entry: str) -> None:
+    with pytest.raises(ValueError, match="not a whole, normalised path"):
+        PathAllowlistMiddleware(EchoApp(), allow=(entry,))
