@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import inspect
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, cast
 
-from .identity import AccessIdentity
+from mcp_types import CallToolResult, TextContent
+
+from .identity import AccessIdentity, current_identity
 
 _SERVICE_TOKEN_SUFFIX = ".access"
 
@@ -63,3 +69,174 @@ class Rule:
             ):
                 return True
         return not self.groups.isdisjoint(identity.groups)
+
+
+Default = Literal["allow", "deny"]
+Family = Literal["tool", "prompt", "resource"]
+
+_RULE_FIELDS = ("emails", "email_domains", "service_tokens", "groups")
+# Environment variables of the reference deployments, one per Rule field.
+_ENV_FIELDS = {
+    "ALLOWED_EMAILS": "emails",
+    "ALLOWED_EMAIL_DOMAINS": "email_domains",
+    "ALLOWED_SERVICE_TOKENS": "service_tokens",
+    "ALLOWED_GROUPS": "groups",
+}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _rule_from_mapping(where: str, fields: Mapping[str, Any]) -> Rule:
+    if not isinstance(fields, Mapping):
+        raise TypeError(f"{where} must be a table of rule fields, not {type(fields).__name__}")
+    unknown = set(fields) - set(_RULE_FIELDS)
+    if unknown:
+        raise ValueError(f"{where} has unknown field(s) {sorted(unknown)}; known: {', '.join(_RULE_FIELDS)}")
+    try:
+        return Rule(**{name: fields[name] for name in _RULE_FIELDS if name in fields})
+    except TypeError as error:
+        raise TypeError(f"{where}: {error}") from None
+
+
+def _rules_from_mapping(section: str, table: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Rule] | None:
+    if table is None:
+        return None
+    return {name: _rule_from_mapping(f"{section}.{name}", fields) for name, fields in table.items()}
+
+
+class ToolPolicy:
+    """Who may call, see and read which tool (and, when given rules for them, which prompt and resource).
+
+    A name with a rule is allowed to callers the rule matches; a name without one follows `default`. Prompts and
+    resources are covered only when their mapping is given (resources by URI, or by URI template in listings).
+    With no identity, no rule matches, so rule-protected names are denied and default-allowed ones stay allowed.
+    """
+
+    def __init__(
+        self,
+        rules: Mapping[str, Rule] | None = None,
+        default: Default = "allow",
+        *,
+        prompts: Mapping[str, Rule] | None = None,
+        resources: Mapping[str, Rule] | None = None,
+    ) -> None:
+        if default not in ("allow", "deny"):
+            raise ValueError(f"default must be 'allow' or 'deny', not {default!r}")
+        self.default: Default = default
+        self.rules: dict[str, Rule] = dict(rules or {})
+        self.prompts: dict[str, Rule] | None = None if prompts is None else dict(prompts)
+        self.resources: dict[str, Rule] | None = None if resources is None else dict(resources)
+
+    def __repr__(self) -> str:
+        return f"ToolPolicy(tools={sorted(self.rules)}, default={self.default!r})"
+
+    @classmethod
+    def from_mapping(
+        cls,
+        tools: Mapping[str, Mapping[str, Any]],
+        default: Default = "allow",
+        *,
+        prompts: Mapping[str, Mapping[str, Any]] | None = None,
+        resources: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> ToolPolicy:
+        """From plain data, as a TOML `[tools.NAME]` table gives it: `{"NAME": {"emails": [...], ...}}`."""
+        return cls(
+            _rules_from_mapping("tools", tools),
+            default,
+            prompts=_rules_from_mapping("prompts", prompts),
+            resources=_rules_from_mapping("resources", resources),
+        )
+
+    @classmethod
+    def from_env(cls, tool_name: str, environ: Mapping[str, str] | None = None) -> ToolPolicy:
+        """Restrict one tool to `ALLOWED_EMAILS` (comma-separated); `ALLOWED_EMAIL_DOMAINS`,
+        `ALLOWED_SERVICE_TOKENS` and `ALLOWED_GROUPS` add to it. With none of them set the tool is allowed to nobody.
+        """
+        env = os.environ if environ is None else environ
+        fields = {
+            field: [item.strip() for item in env.get(variable, "").split(",") if item.strip()]
+            for variable, field in _ENV_FIELDS.items()
+        }
+        return cls({tool_name: Rule(**fields)})
+
+    def _rules_for(self, family: Family) -> dict[str, Rule] | None:
+        if family == "tool":
+            return self.rules
+        return self.prompts if family == "prompt" else self.resources
+
+    def covers(self, family: Family) -> bool:
+        """Whether this policy can refuse anything in `family`."""
+        rules = self._rules_for(family)
+        return rules is not None and (bool(rules) or self.default == "deny")
+
+    def decide(self, family: Family, name: str, identity: AccessIdentity | None) -> tuple[bool, str]:
+        """(allowed, machine-readable reason)."""
+        rules = self._rules_for(family)
+        if rules is None:
+            return True, "not_covered"
+        rule = rules.get(name)
+        if rule is None:
+            return self.default == "allow", f"default_{self.default}"
+        if rule.matches(identity):
+            return True, "rule_matched"
+        return False, "no_identity" if identity is None else "rule_not_matched"
+
+    def allows(self, tool_name: str, identity: AccessIdentity | None) -> bool:
+        return self.decide("tool", tool_name, identity)[0]
+
+    def allows_prompt(self, name: str, identity: AccessIdentity | None) -> bool:
+        return self.decide("prompt", name, identity)[0]
+
+    def allows_resource(self, uri: str, identity: AccessIdentity | None) -> bool:
+        return self.decide("resource", uri, identity)[0]
+
+    def restrict(
+        self,
+        *,
+        name: str | None = None,
+        emails: Iterable[str] = (),
+        email_domains: Iterable[str] = (),
+        service_tokens: Iterable[str] = (),
+        groups: Iterable[str] = (),
+    ) -> Callable[[_F], _F]:
+        """Register a rule for the decorated tool and check it again inside every call.
+
+        Place it under `@mcp.tool()`; pass `name=` when the tool is registered under another name than the
+        function's. The in-call check covers a server run without `ToolPolicyMiddleware`: a refused caller gets the
+        result `MCPServer` gives for a tool that does not exist (`isError`, text `Unknown tool: NAME`). Arguments
+        are validated before the tool runs, so without the middleware a refused caller who sends bad arguments sees
+        the validation error; with it, the call never reaches the tool.
+        """
+        rule = Rule(emails=emails, email_domains=email_domains, service_tokens=service_tokens, groups=groups)
+
+        def decorate(function: _F) -> _F:
+            tool_name = name or function.__name__
+            if tool_name in self.rules:
+                raise ValueError(f"tool {tool_name!r} already has a rule in this policy")
+            self.rules[tool_name] = rule
+
+            if inspect.iscoroutinefunction(function):
+
+                @functools.wraps(function)
+                async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                    if not self.allows(tool_name, current_identity()):
+                        return _unknown_tool_result(tool_name)
+                    return await function(*args, **kwargs)
+
+                return cast(_F, guarded_async)
+
+            @functools.wraps(function)
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                if not self.allows(tool_name, current_identity()):
+                    return _unknown_tool_result(tool_name)
+                return function(*args, **kwargs)
+
+            return cast(_F, guarded)
+
+        return decorate
+
+
+def _unknown_tool_result(tool_name: str) -> CallToolResult:
+    # MCPServer passes a returned CallToolResult through as is: the same result it builds for a name it does not
+    # know. Raising instead would be wrapped as "Error executing tool NAME: ...", which gives the tool away.
+    return CallToolResult(content=[TextContent(type="text", text=f"Unknown tool: {tool_name}")], is_error=True)
