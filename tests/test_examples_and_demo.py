@@ -4,6 +4,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import httpx2
 import pytest
@@ -20,11 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 async def test_whoami_example_under_uvicorn(local_access: LocalAccess, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEAM_DOMAIN", local_access.url)
     monkeypatch.setenv("POLICY_AUD", local_access.audience)
-    spec = importlib.util.spec_from_file_location("whoami_server", ROOT / "examples" / "whoami_server.py")
-    assert spec
-    assert spec.loader
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("whoami_server")
     async with (
         serve(example.app) as url,
         httpx2.AsyncClient(headers={"Cf-Access-Jwt-Assertion": local_access.service_token("robot.access")}) as http,
@@ -53,3 +50,39 @@ def test_demo_command_succeeds_and_shows_every_caller() -> None:
         assert " ok " in row, row
         assert got in row, row
     assert "Every caller got what it should." in done.stdout
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.anyio
+async def test_fastapi_example_guards_every_layer(local_access: LocalAccess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAM_DOMAIN", local_access.url)
+    monkeypatch.setenv("POLICY_AUD", local_access.audience)
+    monkeypatch.setenv("GUARD_SECRETS", "tunnel-secret-42")
+    example = load_example("fastapi_app")
+    headers = {"Cf-Access-Guard-Secret": "tunnel-secret-42", "Cf-Access-Jwt-Assertion": local_access.user_token()}
+    async with serve(example.app) as url:
+        async with httpx2.AsyncClient() as plain:
+            assert (await plain.get(f"{url}/docs")).status_code == 404
+            assert (await plain.get(f"{url}/health")).json() == {"status": "ok"}
+            assert (await plain.post(f"{url}/mcp", json={})).status_code == 403
+            refused = await plain.post(f"{url}/mcp", json={}, headers={"Cf-Access-Guard-Secret": "tunnel-secret-42"})
+            assert refused.status_code == 401
+        for mode in ("legacy", "auto"):
+            async with (
+                httpx2.AsyncClient(headers=headers) as http,
+                Client(streamable_http_client(f"{url}/mcp", http_client=http), mode=mode) as client,
+            ):
+                added = await client.call_tool("add", {"a": 2, "b": 3})
+                who = await client.call_tool("whoami", {})
+            assert isinstance(added.content[0], TextContent)
+            assert added.content[0].text == "5"
+            assert isinstance(who.content[0], TextContent)
+            assert who.content[0].text == "alice@example.com"

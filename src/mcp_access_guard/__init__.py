@@ -2,23 +2,39 @@
 
 from importlib.metadata import version
 
-from .config import AccessConfig, ConfigError
+from .config import AccessConfig, ConfigError, CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
 from .identity import AccessIdentity, current_identity
 from .jwks import JWKSCache
 from .middleware.access import AccessJWTMiddleware
-from .policy import Rule
+from .middleware.cors import DEFAULT_MCP_ORIGINS, CORSAllowlistMiddleware
+from .middleware.paths import PathAllowlistMiddleware
+from .middleware.service_token import ServiceTokenMiddleware
+from .middleware.tools import ToolPolicyMiddleware
+from .policy import Rule, ToolPolicy
+from .stack import guard
 from .verifier import AccessDenied, AccessVerifier
 
 __version__ = version("mcp-access-guard")
 
 __all__ = [
+    "DEFAULT_MCP_ORIGINS",
     "AccessConfig",
     "AccessDenied",
     "AccessIdentity",
     "AccessJWTMiddleware",
     "AccessVerifier",
+    "CORSAllowlistMiddleware",
+    "CORSSettings",
     "ConfigError",
+    "GuardConfig",
     "JWKSCache",
+    "PathAllowlistMiddleware",
+    "PathSettings",
     "Rule",
+    "ServiceTokenMiddleware",
+    "ServiceTokenSettings",
+    "ToolPolicy",
+    "ToolPolicyMiddleware",
     "current_identity",
+    "guard",
 ]
