@@ -260,3 +260,21 @@ def test_from_env_refusals(environ: dict[str, str], message: str) -> None:
 
 def test_from_env_dev_mode_without_access() -> None:
     assert GuardConfig.from_env({"GUARD_DEV": "1"}).access is None
+
+
+@pytest.mark.anyio
+async def test_behind_a_tunnel_our_host_check_replaces_the_sdks(local_access: LocalAccess) -> None:
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    sdk_check_off = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    config = GuardConfig(access=local_access.config(), cors=CORSSettings(allowed_hosts=("mcp.example.com",)))
+    app = guard(MCPServer("tunnel").streamable_http_app(transport_security=sdk_check_off), config)
+    token = local_access.user_token()
+    async with serve(app) as url:
+        public = await request(url, Host="mcp.example.com", Origin="https://claude.ai", **{ASSERTION: token})
+        assert public.status_code == 200
+        assert public.headers["access-control-allow-origin"] == "https://claude.ai"
+        rebound = await request(url, Host="attacker.example", **{ASSERTION: token})
+        assert rebound.status_code == 421
+        foreign_page = await request(url, Host="mcp.example.com", Origin="https://evil.example", **{ASSERTION: token})
+        assert foreign_page.status_code == 403
