@@ -132,8 +132,10 @@ async def test_any_algorithm_but_rs256(alg: str | None, local_access: LocalAcces
 
 async def test_alg_none_with_no_signature(local_access: LocalAccess, verifier: AccessVerifier) -> None:
     head, body, _ = local_access.user_token(headers={"alg": "none"}).split(".")
-    assert await refused(verifier, f"{head}.{body}.") == "malformed"
+    assert await refused(verifier, f"{head}.{body}.") == "unsupported_algorithm"
     assert await refused(verifier, f"{head}.{body}") == "malformed"
+    good_head = local_access.user_token().split(".")[0]
+    assert await refused(verifier, f"{good_head}.{body}.") == "malformed"
 
 
 @pytest.mark.parametrize("encoding", ["pem", "der", "jwk"])
@@ -362,3 +364,39 @@ async def test_cache_is_bounded(local_access: LocalAccess) -> None:
     assert len(verifier._verified) == 3
     assert (await verifier.verify(tokens[0])).email == "user0@example.com"
     await verifier.aclose()
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"nbf": None},
+        {"iat": None},
+        {"exp": 10**400},
+        {"exp": -(10**400)},
+        {"nbf": 10**400},
+        {"sub": None},
+        {"jti": 5},
+        {"email": None},
+    ],
+    ids=["nbf null", "iat null", "exp huge", "exp hugely negative", "nbf huge", "sub null", "jti number", "email null"],
+)
+async def test_claims_of_the_wrong_type_are_malformed(
+    claims: dict[str, object], local_access: LocalAccess, verifier: AccessVerifier
+) -> None:
+    assert await refused(verifier, local_access.user_token(claims=claims)) == "malformed"
+
+
+async def test_aud_list_with_a_non_string_beside_the_right_tag(
+    local_access: LocalAccess, verifier: AccessVerifier
+) -> None:
+    token = local_access.user_token(claims={"aud": [local_access.audience, 5]})
+    assert await refused(verifier, token) == "wrong_audience"
+
+
+async def test_unencoded_payload_header_is_refused(local_access: LocalAccess, verifier: AccessVerifier) -> None:
+    assert await refused(verifier, local_access.user_token(headers={"b64": False})) == "malformed"
+
+
+async def test_fractional_exp_counts_in_whole_seconds(local_access: LocalAccess, verifier: AccessVerifier) -> None:
+    exp = int(time.time()) - LEEWAY + 0.999
+    assert await refused(verifier, local_access.user_token(claims={"exp": exp})) == "expired"
