@@ -54,7 +54,7 @@ async def _call_whoami(url: str, token: str | None) -> str:
     async def record(response: httpx2.Response) -> None:
         statuses.append(response.status_code)
 
-    headers = {ASSERTION_HEADER: token} if token else {}
+    headers = {ASSERTION_HEADER.decode(): token} if token else {}
     async with httpx2.AsyncClient(headers=headers, event_hooks={"response": [record]}) as http:
         try:
             async with Client(streamable_http_client(f"{url}/mcp", http_client=http), mode="legacy") as client:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -20,7 +20,7 @@ SCOPE_STATE_KEY = "access_identity"
 _current_identity: ContextVar[AccessIdentity | None] = ContextVar("mcp_access_guard_identity", default=None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AccessIdentity:
     """A caller that Cloudflare Access (or a configured service-token pair) vouched for."""
 
@@ -43,6 +43,21 @@ class AccessIdentity:
     def principal(self) -> str:
         return self.email or self.common_name or self.subject
 
+    @cached_property
+    def _sdk_user(self) -> AuthenticatedUser:
+        # Built once per identity, not per request: the verifier hands out the same identity for a cached token.
+        # The SDK binds each session to (client_id, iss, subject); the principal keeps two callers apart.
+        return AuthenticatedUser(
+            AccessToken(
+                token=self.token,
+                client_id=self.principal,
+                scopes=[],
+                expires_at=self.expires_at,
+                subject=self.subject or self.principal,
+                claims=dict(self.claims),
+            )
+        )
+
     def __repr__(self) -> str:
         kind = "service_token" if self.is_service_token else "user"
         return f"AccessIdentity({kind}={self.principal!r}, groups={self.groups!r}, expires_at={self.expires_at})"
@@ -53,30 +68,31 @@ def current_identity() -> AccessIdentity | None:
     return _current_identity.get()
 
 
-def _as_authenticated_user(identity: AccessIdentity) -> AuthenticatedUser:
-    # The SDK binds each session to (client_id, iss, subject); the principal keeps two callers apart.
-    return AuthenticatedUser(
-        AccessToken(
-            token=identity.token,
-            client_id=identity.principal,
-            scopes=[],
-            expires_at=identity.expires_at,
-            subject=identity.subject or identity.principal,
-            claims=dict(identity.claims),
-        )
-    )
+_NO_SCOPES = AuthCredentials([])
 
 
-@contextmanager
-def bind_identity(scope: Scope, identity: AccessIdentity) -> Iterator[None]:
-    """Make `identity` visible to everything downstream: our contextvar, the ASGI scope and the mcp SDK."""
-    scope.setdefault("state", {})[SCOPE_STATE_KEY] = identity
-    scope["user"] = _as_authenticated_user(identity)
-    scope["auth"] = AuthCredentials([])
-    identity_reset = _current_identity.set(identity)
-    sdk_reset = auth_context_var.set(scope["user"])
-    try:
-        yield
-    finally:
+class _IdentityBinding:
+    __slots__ = ("_identity", "_resets", "_scope")
+
+    def __init__(self, scope: Scope, identity: AccessIdentity) -> None:
+        self._scope = scope
+        self._identity = identity
+
+    def __enter__(self) -> None:
+        identity, scope = self._identity, self._scope
+        user = identity._sdk_user
+        scope.setdefault("state", {})[SCOPE_STATE_KEY] = identity
+        scope["user"] = user
+        scope["auth"] = _NO_SCOPES
+        self._resets = (_current_identity.set(identity), auth_context_var.set(user))
+
+    def __exit__(self, *exc: object) -> None:
+        identity_reset, sdk_reset = self._resets
         auth_context_var.reset(sdk_reset)
         _current_identity.reset(identity_reset)
+
+
+def bind_identity(scope: Scope, identity: AccessIdentity) -> _IdentityBinding:
+    """Make `identity` visible to everything downstream, inside a `with` block: our contextvar, the ASGI scope
+    (`scope["state"]["access_identity"]`) and the mcp SDK's auth context (`scope["user"]`, `get_access_token()`)."""
+    return _IdentityBinding(scope, identity)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -13,7 +12,7 @@ from ..identity import bind_identity
 from ..policy import Rule
 from ..verifier import AccessDenied, AccessVerifier
 
-ASSERTION_HEADER = "cf-access-jwt-assertion"
+ASSERTION_HEADER = b"cf-access-jwt-assertion"
 ASSERTION_COOKIE = "CF_Authorization"
 _LAYER = "access_jwt"
 
@@ -69,14 +68,20 @@ class AccessJWTMiddleware:
             await self.app(scope, receive, send)
 
     def _credential(self, scope: Scope) -> str | None:
-        headers = Headers(scope=scope)
-        assertions = headers.getlist(ASSERTION_HEADER)
-        if len(assertions) > 1:
-            raise AccessDenied("malformed", "more than one assertion header")
-        if assertions:
-            return assertions[0]
-        if self.cookie:
-            return cookie_parser(headers.get("cookie", "")).get(ASSERTION_COOKIE)
+        # One pass over the raw headers (names are lower-case bytes in ASGI): this runs on every request.
+        assertion: bytes | None = None
+        cookies: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == ASSERTION_HEADER:
+                if assertion is not None:
+                    raise AccessDenied("malformed", "more than one assertion header")
+                assertion = value
+            elif name == b"cookie":
+                cookies.append(value)
+        if assertion is not None:
+            return assertion.decode("latin-1")
+        if self.cookie and cookies:
+            return cookie_parser(b"; ".join(cookies).decode("latin-1")).get(ASSERTION_COOKIE)
         return None
 
     async def _refuse(self, status: int, scope: Scope, receive: Receive, send: Send) -> None:
