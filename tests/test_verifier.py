@@ -276,6 +276,8 @@ async def test_neither_email_nor_common_name(local_access: LocalAccess, verifier
         pytest.param(lambda t: t + "A", id="impossible length"),
         pytest.param(lambda t: t + "x" * 40_000, id="100 kB"),
         pytest.param(lambda t: "é" + t, id="non-ascii"),
+        pytest.param(lambda t: t.replace(".", ".é", 1), id="non-ascii in the payload"),
+        pytest.param(lambda t: t + "é", id="non-ascii in the signature"),
     ],
 )
 async def test_not_a_compact_jws(mangle: object, local_access: LocalAccess, verifier: AccessVerifier) -> None:

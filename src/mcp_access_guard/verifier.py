@@ -190,8 +190,8 @@ class AccessVerifier:
             _deny("keys_unavailable", "no signing keys within the stale window")
 
     async def _verify_uncached(self, token: str) -> _Verified:
-        if not isinstance(token, str) or len(token) > self.config.max_token_bytes:
-            _deny("malformed", "not a string of acceptable size")
+        if not isinstance(token, str) or len(token) > self.config.max_token_bytes or not token.isascii():
+            _deny("malformed", "not an ASCII string of acceptable size")
         segments = token.split(".")
         if len(segments) != 3:
             _deny("malformed", "not three segments")
