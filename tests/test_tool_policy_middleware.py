@@ -493,6 +493,23 @@ async def test_bypass_content_encoding() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("charset", "status"), [("utf-8", 200), ('"UTF-8"', 200), ("latin-1", 415), ("utf-16", 415)])
+async def test_bypass_a_charset_other_than_utf8(charset: str, status: int) -> None:
+    # The SDK ignores the charset and reads UTF-8; a server honouring it would read other characters.
+    # The guard accepts only UTF-8 (415 otherwise), so both read the same name.
+    def send(session: Raw) -> Any:
+        content_type = f"application/json; charset={charset}"
+        return session.call("tools/call", {"name": "café", "arguments": {}}, **{"Content-Type": content_type})
+
+    unguarded, guarded_response = await both("legacy", send)
+    assert result(unguarded)["content"][0]["text"] == "espresso"
+    if status == 415:
+        refused(guarded_response, 415, -32600)
+    else:
+        assert result(guarded_response)["content"][0]["text"] == "Unknown tool: café"
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("era", ["legacy", "modern"])
 async def test_bypass_non_json_content_type_carrying_json(era: Era, caplog: pytest.LogCaptureFixture) -> None:
     # The SDK refuses any POST whose Content-Type is not application/json (400 "Invalid Content-Type header").

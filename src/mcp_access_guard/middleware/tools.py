@@ -18,7 +18,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcp.shared.inbound import (
@@ -29,7 +29,7 @@ from mcp.shared.inbound import (
     encode_header_value,
 )
 from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
@@ -99,12 +99,12 @@ class ToolPolicyMiddleware:
             await self.app(scope, receive, send)
             return
 
-        headers = Headers(scope=scope)
+        headers = _RequestHeaders.of(scope)
         identity = current_identity()
         try:
-            _refuse_content_encoding(headers)
-            body = await read_body(receive, self.max_body_bytes, headers.get("content-length"))
-            verdict = self._inspect(scope, headers, body, identity)
+            _refuse_other_encodings(headers)
+            body = await read_body(receive, self.max_body_bytes, headers.content_length)
+            verdict = self._inspect(headers, body, identity, scope)
         except ClientGone:
             return
         except RejectedRequest as refusal:
@@ -120,14 +120,16 @@ class ToolPolicyMiddleware:
             responder = _RewritingResponder(send, verdict.rewrite, verdict.marker)
             await self.app(scope, replaying(verdict.body, receive), responder.send)
 
-    def _inspect(self, scope: Scope, headers: Headers, body: bytes, identity: AccessIdentity | None) -> _Verdict:
+    def _inspect(
+        self, headers: _RequestHeaders, body: bytes, identity: AccessIdentity | None, scope: Scope
+    ) -> _Verdict:
         message = parse_json_body(body)
         if isinstance(message, list):
             raise RejectedRequest(400, INVALID_REQUEST, "Batch requests are not accepted", "batch")
         if not isinstance(message, dict):
             raise RejectedRequest(400, INVALID_REQUEST, "Body must be a JSON-RPC object", "not_an_object")
         method = message.get("method")
-        _check_routing_headers(scope, headers, message, method)
+        _check_routing_headers(headers, message, method)
         if method is None:
             return _Verdict(body)  # a client's response to a server request: nothing to decide
         if not isinstance(method, str):
@@ -186,11 +188,47 @@ def _principal(identity: AccessIdentity | None = None) -> str | None:
     return identity.principal if identity is not None else None
 
 
-def _refuse_content_encoding(headers: Headers) -> None:
-    # The SDK reads the raw bytes; a proxy or another server might inflate them first. Either way, one reading only.
-    encodings = [value.strip().lower() for value in headers.getlist("content-encoding")]
-    if any(encoding not in ("", "identity") for encoding in encodings):
+@dataclass(slots=True)
+class _RequestHeaders:
+    """The request headers this layer reads, collected in one pass over the raw list (repeats kept)."""
+
+    content_length: str | None = None
+    content_type: str = ""
+    content_encodings: list[str] = field(default_factory=list)
+    mcp_methods: list[str] = field(default_factory=list)
+    mcp_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, scope: Scope) -> _RequestHeaders:
+        headers = cls()
+        for raw_name, raw_value in scope["headers"]:
+            if raw_name in _READ_HEADERS:
+                name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+                if name == "content-length":
+                    headers.content_length = value
+                elif name == "content-type":
+                    headers.content_type = value
+                elif name == "content-encoding":
+                    headers.content_encodings.append(value)
+                elif name == MCP_METHOD_HEADER:
+                    headers.mcp_methods.append(value)
+                else:
+                    headers.mcp_names.append(value)
+        return headers
+
+
+_READ_HEADERS = frozenset({b"content-length", b"content-type", b"content-encoding", b"mcp-method", b"mcp-name"})
+
+
+def _refuse_other_encodings(headers: _RequestHeaders) -> None:
+    # The SDK reads raw UTF-8 bytes; a proxy or another server might inflate them or honour a charset first.
+    # Either way the body would be read two ways, so only one reading is accepted.
+    if any(encoding.strip().lower() not in ("", "identity") for encoding in headers.content_encodings):
         raise RejectedRequest(415, INVALID_REQUEST, "Content-Encoding is not accepted on requests", "content_encoding")
+    for parameter in headers.content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise RejectedRequest(415, INVALID_REQUEST, "Only UTF-8 request bodies are accepted", "charset")
 
 
 def _looks_like_guarded(method: str) -> bool:
@@ -198,21 +236,18 @@ def _looks_like_guarded(method: str) -> bool:
     return _NOT_A_LETTER.sub("", unicodedata.normalize("NFKC", method).casefold()) in _GUARDED_LETTERS
 
 
-def _check_routing_headers(scope: Scope, headers: Headers, message: dict[str, Any], method: Any) -> None:
+def _check_routing_headers(headers: _RequestHeaders, message: dict[str, Any], method: Any) -> None:
     """`Mcp-Method` and `Mcp-Name` are hints a server or proxy may route on: they must say what the body says."""
-    raw_names = [name for name, _ in scope["headers"]]
-    for header in (MCP_METHOD_HEADER, MCP_NAME_HEADER):
-        if raw_names.count(header.encode("latin-1")) > 1:
+    for header, values in ((MCP_METHOD_HEADER, headers.mcp_methods), (MCP_NAME_HEADER, headers.mcp_names)):
+        if len(values) > 1:
             raise RejectedRequest(400, HEADER_MISMATCH, f"{header} header appears more than once", "header_repeated")
-    method_header = headers.get(MCP_METHOD_HEADER)
-    if method_header is not None and method_header != method:
+    if headers.mcp_methods and headers.mcp_methods[0] != method:
         raise _header_mismatch(MCP_METHOD_HEADER)
-    name_header = headers.get(MCP_NAME_HEADER)
     name_key = NAME_BEARING_METHODS.get(method) if isinstance(method, str) else None
-    if name_header is not None and name_key is not None:
+    if headers.mcp_names and name_key is not None:
         params = message.get("params")
         body_value = params.get(name_key) if isinstance(params, dict) else None
-        if decode_header_value(name_header) != body_value:
+        if decode_header_value(headers.mcp_names[0]) != body_value:
             raise _header_mismatch(MCP_NAME_HEADER)
 
 
