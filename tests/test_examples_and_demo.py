@@ -17,20 +17,31 @@ from mcp_access_guard.testing import LocalAccess, serve
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.anyio
-async def test_whoami_example_under_uvicorn(local_access: LocalAccess, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEAM_DOMAIN", local_access.url)
-    monkeypatch.setenv("POLICY_AUD", local_access.audience)
-    example = load_example("whoami_server")
+async def call_as(url: str, token: str, tool: str, arguments: dict[str, object]) -> tuple[list[str], str]:
     async with (
-        serve(example.app) as url,
-        httpx2.AsyncClient(headers={"Cf-Access-Jwt-Assertion": local_access.service_token("robot.access")}) as http,
+        httpx2.AsyncClient(headers={"Cf-Access-Jwt-Assertion": token}) as http,
         Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
     ):
-        result = await client.call_tool("whoami", {})
+        names = [tool.name for tool in (await client.list_tools()).tools]
+        result = await client.call_tool(tool, arguments)
     content = result.content[0]
     assert isinstance(content, TextContent)
-    assert content.text == "service token robot.access"
+    return names, content.text
+
+
+@pytest.mark.anyio
+async def test_reference_example_under_uvicorn(local_access: LocalAccess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAM_DOMAIN", local_access.url)
+    monkeypatch.setenv("POLICY_AUD", local_access.audience)
+    monkeypatch.setenv("ALLOWED_EMAILS", "alice@example.com")
+    example = load_example("reference_server")
+    async with serve(example.app) as url:
+        robot = await call_as(url, local_access.service_token("robot.access"), "whoami", {})
+        alice = await call_as(url, local_access.user_token("alice@example.com"), "generate_image", {"prompt": "a cat"})
+        bob = await call_as(url, local_access.user_token("bob@example.com"), "generate_image", {"prompt": "a cat"})
+    assert robot == (["add", "whoami"], "service token robot.access")
+    assert alice == (["add", "generate_image", "whoami"], "an image of a cat")
+    assert bob == (["add", "whoami"], "Unknown tool: generate_image")
 
 
 def test_demo_command_succeeds_and_shows_every_caller() -> None:
@@ -38,17 +49,22 @@ def test_demo_command_succeeds_and_shows_every_caller() -> None:
         [sys.executable, "-m", "mcp_access_guard.cli", "demo"], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
-    for caller, got in [
-        ("no token", "HTTP 401"),
-        ("forged token", "HTTP 403"),
-        ("expired token", "HTTP 403"),
-        ("alice", "user alice@example.com"),
-        ("service token", "service token 88bf3b6d86161464f6509f7219099e57.access"),
+    rows = [" ".join(line.split()) for line in done.stdout.splitlines()]
+    for expected in [
+        "anyone POST /admin ok HTTP 404",
+        "a foreign web page POST /mcp ok HTTP 403",
+        "no token whoami ok HTTP 401",
+        "forged token whoami ok HTTP 403",
+        "expired token whoami ok HTTP 403",
+        "alice whoami ok user alice@example.com (sdk sees alice@example.com)",
+        "alice tools/list ok add, generate_image, whoami",
+        "alice generate_image ok an image of a cat",
+        "bob tools/list ok add, whoami",
+        "bob generate_image ok Unknown tool: generate_image",
+        "bob generate_image, raw ok same bytes as for a made-up tool",
+        "service token whoami ok service token 88bf3b6d86161464f6509f7219099e57.access",
     ]:
-        row = next(line for line in lines if line.startswith(caller))
-        assert " ok " in row, row
-        assert got in row, row
+        assert any(row.startswith(expected) for row in rows), (expected, done.stdout)
     assert "Every caller got what it should." in done.stdout
 
 

@@ -283,8 +283,9 @@ class GuardConfig:
         return _guard_config_from_tables(document, str(path))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> GuardConfig:
-        """The variables listed in the README's configuration reference."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, restricted_tool: str | None = None) -> GuardConfig:
+        """The variables listed in the README's configuration reference. `ALLOWED_EMAILS` restricts the tool named by
+        `ALLOWED_EMAILS_TOOL`, or else by `restricted_tool`, as the reference deployments do for one costly tool."""
         env = os.environ if environ is None else environ
         listed = {name: tuple(_split(env[name])) for name in _LIST_VARIABLES if env.get(name, "").strip()}
         dev = _flag(env, "GUARD_DEV")
@@ -298,8 +299,8 @@ class GuardConfig:
             if variable in listed:
                 cors_settings[name] = listed[variable]
         tools = None
-        if "ALLOWED_EMAILS" in listed or "ALLOWED_EMAILS_TOOL" in env:
-            tool = env.get("ALLOWED_EMAILS_TOOL", "").strip()
+        if "ALLOWED_EMAILS" in listed or "ALLOWED_EMAILS_TOOL" in env or restricted_tool:
+            tool = env.get("ALLOWED_EMAILS_TOOL", "").strip() or restricted_tool
             if not tool:
                 raise ConfigError("ALLOWED_EMAILS is set: ALLOWED_EMAILS_TOOL must name the tool it restricts")
             tools = ToolPolicy.from_env(tool, env)
