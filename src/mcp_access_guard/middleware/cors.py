@@ -1,8 +1,9 @@
 """CORS for MCP clients in the browser, plus the Origin and Host checks the MCP specification asks for.
 
-Preflights and CORS response headers come from Starlette's `CORSMiddleware`; this layer adds what plain CORS does
-not do: a request that carries an Origin not on the list is refused outright (DNS rebinding), and optionally so is
-a Host that is not ours.
+Preflights are answered by Starlette's `CORSMiddleware`; other requests get exactly the response headers it would
+add, appended here (on every request, Starlette's general path costs several times as much). This layer adds what
+plain CORS does not do: a request that carries an Origin not on the list is refused outright (DNS rebinding), and
+optionally so is a Host that is not ours.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from collections.abc import Collection, Iterable
 from typing import NamedTuple
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,6 +50,13 @@ _PORT = r"(?::(?P<port>[0-9]{1,5}))?"
 _HOST = re.compile(rf"(?P<name>{_NAME}){_PORT}")
 _HOST_PATTERN = re.compile(rf"(?P<name>(?:\*\.)?{_NAME}){_PORT}")
 
+# The request headers this layer reads, and the response headers Starlette's simple-request path sets.
+_READ = frozenset((b"host", b"x-forwarded-host", b"origin", b"access-control-request-method"))
+_SET_ON_RESPONSE = frozenset(
+    (b"access-control-allow-origin", b"access-control-allow-credentials", b"access-control-expose-headers", b"vary")
+)
+_VARY_ORIGIN = (b"vary", b"Origin")
+
 
 class HostPattern(NamedTuple):
     name: str
@@ -79,12 +87,6 @@ def _validated_origins(origins: Iterable[str]) -> tuple[str, ...]:
             raise ValueError(f"origin {origin!r} must be scheme://host[:port] with no path, or 'null'; no wildcards")
         validated.append(normalised)
     return tuple(validated)
-
-
-def _is_allowed_host(values: list[str], patterns: Iterable[HostPattern]) -> bool:
-    # Two Host headers, or a comma-joined X-Forwarded-Host chain, are ambiguous: refused, never guessed at.
-    match = _HOST.fullmatch(values[0].lower()) if len(values) == 1 else None
-    return match is not None and any(pattern.matches(match["name"], match["port"]) for pattern in patterns)
 
 
 def _forbidden_origin() -> JSONResponse:
@@ -122,36 +124,101 @@ class CORSAllowlistMiddleware:
             allow_credentials=allow_credentials,
             expose_headers=MCP_EXPOSED_HEADERS,
         )
+        # Host values that match without parsing: a listed name with no wildcard, exactly as sent (lower-case).
+        self._exact_hosts = frozenset(
+            (pattern.name if pattern.port is None else f"{pattern.name}:{pattern.port}").encode()
+            for pattern in self.allowed_hosts or ()
+            if not pattern.name.startswith("*.")
+        )
+        # Per allowed origin, pre-encoded, the headers Starlette's CORSMiddleware appends to a simple response.
+        simple = [(name.lower().encode(), value.encode()) for name, value in self.cors.simple_headers.items()]
+        self._simple_headers = {
+            origin.encode(): (*simple, (b"access-control-allow-origin", origin.encode()), _VARY_ORIGIN)
+            for origin in self.allow_origins
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
 
-        headers = Headers(scope=scope)
-        if self.allowed_hosts is not None and not _is_allowed_host(self._host_values(headers), self.allowed_hosts):
-            log_decision(scope, layer=LAYER, decision="deny", reason="host_not_allowed")
-            await JSONResponse({"error": "misdirected_request"}, status_code=421)(scope, receive, send)
-            return
+        # One pass over the raw headers (ASGI names are lower-case bytes) instead of a `Headers` and several scans.
+        raw_headers = scope["headers"]
+        if type(raw_headers) is not list:
+            # As Starlette's `Headers(scope=...)` does: a tuple or one-shot iterable becomes a list others can reread.
+            raw_headers = scope["headers"] = list(raw_headers)
+        host = forwarded_host = origin = None
+        host_count = forwarded_count = origin_count = 0
+        has_request_method = False
+        for name, value in raw_headers:
+            if name not in _READ:
+                continue
+            if name == b"host":
+                host, host_count = value, host_count + 1
+            elif name == b"origin":
+                origin, origin_count = value, origin_count + 1
+            elif name == b"x-forwarded-host":
+                forwarded_host, forwarded_count = value, forwarded_count + 1
+            else:
+                has_request_method = True
 
-        origins = headers.getlist("origin")
-        if len(origins) > 1 or (origins and origins[0] not in self.allow_origins):
+        if self.allowed_hosts is not None:
+            if self.trust_forwarded_host and forwarded_count:
+                host, host_count = forwarded_host, forwarded_count
+            # Two Host headers, or two X-Forwarded-Host headers, are ambiguous: refused, never guessed at.
+            if host is None or host_count > 1 or not self._is_allowed_host(host, self.allowed_hosts):
+                log_decision(scope, layer=LAYER, decision="deny", reason="host_not_allowed")
+                await JSONResponse({"error": "misdirected_request"}, status_code=421)(scope, receive, send)
+                return
+
+        if origin_count > 1 or (origin is not None and origin not in self._simple_headers):
             log_decision(scope, layer=LAYER, decision="deny", reason="origin_not_allowed")
             await _forbidden_origin()(scope, receive, send)
             return
 
-        is_preflight = bool(origins) and scope.get("method") == "OPTIONS" and "access-control-request-method" in headers
-        if is_preflight:
+        if origin is not None and has_request_method and scope.get("method") == "OPTIONS":
             await self.cors(scope, receive, self._preflight_send(scope, send))
             return
 
-        log_decision(scope, layer=LAYER, decision="allow", reason="origin_allowed" if origins else "no_origin")
-        await self.cors(scope, receive, send)
+        log_decision(scope, layer=LAYER, decision="allow", reason="no_origin" if origin is None else "origin_allowed")
+        if scope["type"] == "http":
+            await self.app(scope, receive, self._simple_send(origin, send))
+        else:
+            await self.app(scope, receive, send)  # Starlette's CORSMiddleware passes websockets through untouched
 
-    def _host_values(self, headers: Headers) -> list[str]:
-        if self.trust_forwarded_host and "x-forwarded-host" in headers:
-            return headers.getlist("x-forwarded-host")
-        return headers.getlist("host")
+    def _is_allowed_host(self, value: bytes, patterns: Iterable[HostPattern]) -> bool:
+        if value in self._exact_hosts:  # the usual case: exactly a listed name, already lower-case
+            return True
+        # A comma-joined X-Forwarded-Host chain fails the pattern: as ambiguous as a repeated header.
+        match = _HOST.fullmatch(value.decode("latin-1").lower())
+        return match is not None and any(pattern.matches(match["name"], match["port"]) for pattern in patterns)
+
+    def _simple_send(self, origin: bytes | None, send: Send) -> Send:
+        # Exactly what Starlette's CORSMiddleware does to a response that is not a preflight: for an allowed Origin its
+        # simple headers and the origin mirrored back, and `Vary: Origin` whether or not an Origin came.
+        added = (_VARY_ORIGIN,) if origin is None else self._simple_headers[origin]
+
+        async def send_simple(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message["headers"] = [*message.get("headers", ())]  # a list, as Starlette leaves it
+                for name, _ in headers:
+                    if name in _SET_ON_RESPONSE:
+                        # The app set one of them itself: Starlette's replace-and-merge rules decide, as before.
+                        self._add_like_starlette(message, origin)
+                        break
+                else:
+                    headers += added
+            await send(message)
+
+        return send_simple
+
+    def _add_like_starlette(self, message: Message, origin: bytes | None) -> None:
+        # Starlette's `CORSMiddleware.send`, for a request whose Origin (if any) is already known to be allowed.
+        headers = MutableHeaders(scope=message)
+        if origin is not None:
+            headers.update(self.cors.simple_headers)
+            headers["Access-Control-Allow-Origin"] = origin.decode("latin-1")
+        headers["Vary"] = ", ".join([*headers.getlist("Vary"), "Origin"])
 
     def _preflight_send(self, scope: Scope, send: Send) -> Send:
         # Starlette answers a preflight with a disallowed method or header 400 but keeps its Access-Control-* headers;

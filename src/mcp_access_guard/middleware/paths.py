@@ -74,6 +74,8 @@ class PathAllowlistMiddleware:
                 exact.add(path)
         self.app = app
         self.exact_paths = frozenset(exact)
+        # Each listed path with the only `raw_path` that, sent with it, needs no further check (see `__call__`).
+        self._exact_raw_paths = {path: path.encode("latin-1") for path in exact}
         self.subtree_prefixes = tuple(subtrees)
         self.health = health
 
@@ -85,6 +87,18 @@ class PathAllowlistMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
+            return
+
+        path = scope["path"]
+        listed_raw_path = self._exact_raw_paths.get(path)
+        if listed_raw_path is not None and scope.get("raw_path") == listed_raw_path and not scope.get("root_path"):
+            # A listed path, sent as exactly those bytes, with no mount prefix: it was validated when the list was
+            # built, so the checks below could only agree. The usual request takes this branch.
+            if self.health and path == HEALTH_PATH:
+                await self._answer_health(scope, receive, send)
+            else:
+                log_decision(scope, layer=LAYER, decision="allow", reason="path_allowed")
+                await self.app(scope, receive, send)
             return
 
         path = _route_path(scope)

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -33,6 +32,8 @@ LAYER = "service_token"
 DEFAULT_SECRET_HEADER = "Cf-Access-Guard-Secret"
 CLIENT_ID_HEADER = "cf-access-client-id"
 CLIENT_SECRET_HEADER = "cf-access-client-secret"
+_CLIENT_ID = CLIENT_ID_HEADER.encode()
+_CLIENT_SECRET = CLIENT_SECRET_HEADER.encode()
 SERVICE_TOKEN_SUFFIX = ".access"
 
 SWAPPED_HINT = "CF-Access-Client-Id and CF-Access-Client-Secret look swapped: the client id ends in .access"
@@ -41,11 +42,6 @@ QUOTED_HINT = "a credential header carries stray quotes or whitespace; send the 
 
 def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
-
-
-def _header_digest(value: str) -> bytes:
-    # Starlette decodes header bytes as latin-1; encoding back gives the exact bytes that came over the wire.
-    return _digest(value.encode("latin-1"))
 
 
 def _matches_any(candidate_digest: bytes, digests: Iterable[bytes]) -> bool:
@@ -117,17 +113,36 @@ class ServiceTokenMiddleware:
         )
         credential_headers = (self.header, CLIENT_ID_HEADER, CLIENT_SECRET_HEADER)
         self._removed_headers = frozenset(name.encode("latin-1") for name in credential_headers)
+        self._secret_header = self.header.encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
 
-        headers = Headers(scope=scope)
+        # One pass over the raw headers (ASGI names are lower-case bytes): every value of each credential header, and
+        # the headers the app will get, without any of them.
+        shared_secrets: list[bytes] = []
+        client_ids: list[bytes] = []
+        client_secrets: list[bytes] = []
+        passed_on: list[tuple[bytes, bytes]] = []
+        removed, secret_header = self._removed_headers, self._secret_header  # locals: this loop runs per header
+        for name, value in scope["headers"]:
+            if name in removed:
+                if name == secret_header:
+                    shared_secrets.append(value)
+                elif name == _CLIENT_ID:
+                    client_ids.append(value)
+                else:
+                    client_secrets.append(value)
+            elif name.islower() or name.lower() not in removed:
+                # A name not in lower case breaks the ASGI rules; it is still not passed on if it names one of them.
+                passed_on.append((name, value))
+
         try:
             if self._secret_digests:
-                self._check_shared_secret(headers)
-            client_id = self._check_client_credentials(headers) if self._credential_digests else None
+                self._check_shared_secret(shared_secrets)
+            client_id = self._check_client_credentials(client_ids, client_secrets) if self._credential_digests else None
         except _Refusal as refusal:
             log_decision(scope, layer=LAYER, decision="deny", reason=refusal.reason)
             body: dict[str, Any] = {"error": "forbidden"}
@@ -136,7 +151,7 @@ class ServiceTokenMiddleware:
             await JSONResponse(body, status_code=403)(scope, receive, send)
             return
 
-        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() not in self._removed_headers]}
+        scope = {**scope, "headers": passed_on}
         if client_id is None:
             reason = "shared_secret" if self._secret_digests else "no_pair"
             log_decision(scope, layer=LAYER, decision="allow", reason=reason)
@@ -146,28 +161,25 @@ class ServiceTokenMiddleware:
         with bind_identity(scope, service_token_identity(client_id)):
             await self.app(scope, receive, send)
 
-    def _check_shared_secret(self, headers: Headers) -> None:
-        values = headers.getlist(self.header)
+    def _check_shared_secret(self, values: list[bytes]) -> None:
         if not values:
             raise _Refusal("secret_missing")
         if len(values) > 1:
             raise _Refusal("secret_duplicated")
-        if not _matches_any(_header_digest(values[0]), self._secret_digests):
-            if _looks_quoted(values[0]):
+        if not _matches_any(_digest(values[0]), self._secret_digests):
+            if _looks_quoted(values[0].decode("latin-1")):
                 raise _Refusal("secret_quoted", QUOTED_HINT)
             raise _Refusal("secret_wrong")
 
-    def _check_client_credentials(self, headers: Headers) -> str | None:
+    def _check_client_credentials(self, ids: list[bytes], secrets: list[bytes]) -> str | None:
         """The client id of a valid pair, None when no pair was sent; raises `_Refusal` for anything else."""
-        ids, secrets = headers.getlist(CLIENT_ID_HEADER), headers.getlist(CLIENT_SECRET_HEADER)
         if not ids and not secrets:
             return None
         if len(ids) > 1 or len(secrets) > 1:
             raise _Refusal("credentials_duplicated")
         if not ids or not secrets:
             raise _Refusal("credentials_incomplete")
-        sent_id, sent_secret = ids[0], secrets[0]
-        id_digest, secret_digest = _header_digest(sent_id), _header_digest(sent_secret)
+        id_digest, secret_digest = _digest(ids[0]), _digest(secrets[0])
         matched_id = None
         for client_id, expected_id, expected_secret in self._credential_digests:
             # `&`, not `and`: both comparisons run for every pair, so timing does not tell which part was wrong.
@@ -175,6 +187,8 @@ class ServiceTokenMiddleware:
                 matched_id = client_id
         if matched_id is not None:
             return matched_id
+        # Header bytes read as latin-1, as Starlette's `Headers` does: one character per byte that came over the wire.
+        sent_id, sent_secret = ids[0].decode("latin-1"), secrets[0].decode("latin-1")
         if sent_secret.endswith(SERVICE_TOKEN_SUFFIX) and not sent_id.endswith(SERVICE_TOKEN_SUFFIX):
             raise _Refusal("credentials_swapped", SWAPPED_HINT)
         if _looks_quoted(sent_id) or _looks_quoted(sent_secret):
