@@ -3,6 +3,7 @@
 from importlib.metadata import version
 
 from .config import AccessConfig, ConfigError, CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
+from .downstream import AccessForwardingAuth, forwarding_client
 from .identity import AccessIdentity, current_identity
 from .jwks import JWKSCache
 from .middleware.access import AccessJWTMiddleware
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_MCP_ORIGINS",
     "AccessConfig",
     "AccessDenied",
+    "AccessForwardingAuth",
     "AccessIdentity",
     "AccessJWTMiddleware",
     "AccessVerifier",
@@ -36,5 +38,6 @@ __all__ = [
     "ToolPolicy",
     "ToolPolicyMiddleware",
     "current_identity",
+    "forwarding_client",
     "guard",
 ]

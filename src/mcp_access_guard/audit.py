@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Literal
 
 from starlette.types import Scope
@@ -33,7 +35,7 @@ def log_decision(
     if not logger.isEnabledFor(level):
         return
     client = scope.get("client")
-    fields = {
+    fields: dict[str, object] = {
         "layer": layer,
         "decision": decision,
         "reason": reason,
@@ -44,3 +46,29 @@ def log_decision(
     }
     text = " ".join(f"{key}={_printable(value)}" for key, value in fields.items() if value is not None)
     logger.log(level, text, extra=fields)
+
+
+AUDIT_FIELDS = ("layer", "decision", "reason", "principal", "path", "tool", "client")
+
+
+class JSONLinesFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message, and the decision's fields when the record carries them.
+
+    `logging.getLogger("mcp_access_guard").handlers[0].setFormatter(JSONLinesFormatter())`, or in a logging config
+    `{"()": "mcp_access_guard.audit.JSONLinesFormatter"}`.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in AUDIT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)

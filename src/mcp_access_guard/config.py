@@ -32,7 +32,7 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message names it and says what was expected."""
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -61,7 +61,7 @@ def normalise_team_domain(value: str, setting: str = "team_domain") -> str:
     expected = f"expected 'myteam', 'myteam{ACCESS_SUFFIX}' or an https:// origin"
     if parts.scheme not in ("https", "http") or not host:
         raise ConfigError(f"{setting}={value!r}: {expected}")
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback(host):
         raise ConfigError(f"{setting}={value!r}: plain http:// is only allowed for a loopback host; use https://")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(f"{setting}={value!r}: {expected}, with no path, query or credentials")
@@ -204,7 +204,7 @@ def normalise_certs_url(value: str, setting: str = "certs_url") -> str:
         host = parts.hostname or ""
     except ValueError as exc:
         raise ConfigError(f"{setting}={value!r} is not a valid URL ({exc})") from None
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback(host):
         raise ConfigError(f"{setting}={value!r}: plain http:// is only allowed for a loopback host; use https://")
     if parts.scheme not in ("https", "http") or not host or parts.username or parts.password:
         raise ConfigError(f"{setting}={value!r}: expected an https:// URL of the certs endpoint")

@@ -1,0 +1,52 @@
+"""The decision log: structured fields on every record, one JSON object per line when asked, no forged lines."""
+
+import json
+import logging
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from mcp_access_guard import AccessJWTMiddleware
+from mcp_access_guard.audit import JSONLinesFormatter
+from mcp_access_guard.testing import LocalAccess, serve
+
+
+@pytest.mark.anyio
+async def test_every_decision_carries_its_fields_and_formats_as_json_lines(
+    local_access: LocalAccess, caplog: pytest.LogCaptureFixture
+) -> None:
+    ok = Starlette(routes=[Route("/mcp", PlainTextResponse("ok"))])
+    token = local_access.user_token("alice@example.com")
+    async with serve(AccessJWTMiddleware(ok, config=local_access.config())) as url, httpx.AsyncClient() as http:
+        with caplog.at_level(logging.INFO, logger="mcp_access_guard"):
+            await http.get(f"{url}/mcp", headers={"Cf-Access-Jwt-Assertion": token})
+            await http.get(f"{url}/mcp", headers={"Cf-Access-Jwt-Assertion": token + "x"})
+    decisions = [record for record in caplog.records if hasattr(record, "decision")]
+    lines = [json.loads(JSONLinesFormatter().format(record)) for record in decisions]
+    for line in lines:
+        assert line["time"].endswith("Z")
+        assert line["logger"] == "mcp_access_guard"
+        assert line["layer"] == "access_jwt"
+        assert line["path"] == "/mcp"
+        assert line["client"] == "127.0.0.1"
+    assert [(line["decision"], line["reason"], line.get("principal")) for line in lines] == [
+        ("allow", "verified", "alice@example.com"),
+        ("deny", "malformed", None),
+    ]
+    assert all(token not in json.dumps(line) for line in lines)
+
+
+def test_request_values_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    from mcp_access_guard.audit import log_decision
+
+    scope = {"type": "http", "path": "/mcp\nlayer=access_jwt decision=allow", "client": ("10.0.0.1", 1)}
+    with caplog.at_level(logging.INFO, logger="mcp_access_guard"):
+        log_decision(scope, layer="paths", decision="deny", reason="not_allowed", tool="x\r\ny")
+    (record,) = caplog.records
+    assert "\n" not in record.getMessage()
+    assert "\r" not in record.getMessage()
+    assert "path=/mcp\\nlayer=access_jwt" in record.getMessage()
+    assert json.loads(JSONLinesFormatter().format(record))["path"] == scope["path"]
