@@ -26,17 +26,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from mcp_access_guard import AccessJWTMiddleware, AccessVerifier, ConfigError, Rule, current_identity
 from mcp_access_guard.jwks import JWKSCache
 from mcp_access_guard.testing import LocalAccess, SigningKey, serve
+from support import INITIALIZE, MCP_HEADERS
 
 pytestmark = pytest.mark.anyio
 
 ASSERTION = "Cf-Access-Jwt-Assertion"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
-}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 def whoami_server() -> MCPServer:

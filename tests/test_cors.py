@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -18,17 +16,11 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mcp_access_guard.middleware.cors import DEFAULT_MCP_ORIGINS, CORSAllowlistMiddleware
 from mcp_access_guard.testing import serve
+from support import INITIALIZE, MCP_ACCEPT, RecordingApp, send_raw, send_request
 
 pytestmark = pytest.mark.anyio
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}},
-}
 RequestHeaders = dict[str, str]
-MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
 ALLOWED = "https://claude.ai"
 REFUSED = "https://evil.example"
 EXPECTED_ALLOW_HEADERS = {
@@ -45,19 +37,10 @@ EXPECTED_ALLOW_HEADERS = {
 }
 
 
-class EchoApp:
+class EchoApp(RecordingApp):
     """Counts the requests that reach it and answers with a session id header, like an MCP server would."""
 
-    def __init__(self) -> None:
-        self.hits = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        self.hits += 1
+    async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         await JSONResponse({"reached": True}, headers={"Mcp-Session-Id": "abc123"})(scope, receive, send)
 
 
@@ -173,26 +156,11 @@ async def test_plain_options_without_origin_goes_to_the_app(client: httpx.AsyncC
     assert echo.hits == 1
 
 
-async def raw_request(base_url: str, head: bytes) -> tuple[int, bytes]:
-    url = urlsplit(base_url)
-    reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    try:
-        writer.write(head + b"Connection: close\r\n\r\n")
-        await writer.drain()
-        response = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    status_line, _, rest = response.partition(b"\r\n")
-    return int(status_line.split(b" ")[1]), rest.partition(b"\r\n\r\n")[2]
-
-
 async def test_duplicate_origin_headers_are_refused(echo: EchoApp) -> None:
     async with serve(CORSAllowlistMiddleware(echo)) as url:
-        request = f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {ALLOWED}\r\nOrigin: {ALLOWED}\r\n".encode()
-        status, body = await raw_request(url, request)
-    assert status == 403
-    assert json.loads(body) == {"error": "origin_not_allowed"}
+        response = await send_request(url, headers=f"Origin: {ALLOWED}\r\nOrigin: {ALLOWED}\r\n".encode())
+    assert response.status == 403
+    assert json.loads(response.body) == {"error": "origin_not_allowed"}
     assert echo.hits == 0
 
 
@@ -261,15 +229,15 @@ async def test_allowed_hosts(echo: EchoApp, host: str, expected: int) -> None:
 async def test_missing_or_duplicated_host_is_refused(echo: EchoApp) -> None:
     layer = CORSAllowlistMiddleware(echo, allowed_hosts=HOSTS, trust_forwarded_host=True)
     async with serve(layer) as url:
-        assert (await raw_request(url, b"GET /mcp HTTP/1.0\r\n"))[0] == 421
+        assert (await send_raw(url, b"GET /mcp HTTP/1.0\r\n")).status == 421
         # h11 itself refuses two Host lines (400); two X-Forwarded-Host lines reach the layer, which refuses them.
         duplicated = b"GET /mcp HTTP/1.1\r\nHost: mcp.example.com\r\nHost: mcp.example.com\r\n"
-        assert (await raw_request(url, duplicated))[0] == 400
+        assert (await send_raw(url, duplicated)).status == 400
         forwarded_twice = b"X-Forwarded-Host: mcp.example.com\r\nX-Forwarded-Host: mcp.example.com\r\n"
-        status, body = await raw_request(url, b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n" + forwarded_twice)
-        assert status == 421
-        assert json.loads(body) == {"error": "misdirected_request"}
-        assert (await raw_request(url, b"GET /mcp HTTP/1.1\r\nHost: mcp.example.com\r\n"))[0] == 200
+        response = await send_request(url, headers=forwarded_twice)
+        assert response.status == 421
+        assert json.loads(response.body) == {"error": "misdirected_request"}
+        assert (await send_raw(url, b"GET /mcp HTTP/1.1\r\nHost: mcp.example.com\r\n")).status == 200
     assert echo.hits == 1
 
 

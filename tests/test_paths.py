@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,52 +17,17 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mcp_access_guard.middleware.paths import PathAllowlistMiddleware
 from mcp_access_guard.testing import serve
+from support import INITIALIZE, MCP_ACCEPT, RecordingApp, send_request
 
 pytestmark = pytest.mark.anyio
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}},
-}
-MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
 
+class EchoApp(RecordingApp):
+    """Answers every request with what it saw; the base records that lifespan reached it."""
 
-class EchoApp:
-    """Answers every request with what it saw, and records that lifespan reached it."""
-
-    def __init__(self) -> None:
-        self.started = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    self.started = True
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+    async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = {"reached": True, "path": scope["path"], "root_path": scope.get("root_path", "")}
         await JSONResponse(body)(scope, receive, send)
-
-
-async def raw_request(base_url: str, target: bytes, method: bytes = b"GET") -> tuple[int, bytes]:
-    """Send a request line exactly as given, so no client normalises the path; return status and body."""
-    url = urlsplit(base_url)
-    reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    try:
-        writer.write(method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        response = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = response.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, body
 
 
 @pytest.fixture
@@ -147,26 +110,26 @@ BYPASS_CORPUS = [
 
 @pytest.mark.parametrize(("target", "expected"), BYPASS_CORPUS)
 async def test_bypass_corpus(echo_url: str, target: bytes, expected: int) -> None:
-    status, body = await raw_request(echo_url, target)
-    assert status == expected
+    response = await send_request(echo_url, target)
+    assert response.status == expected
     if expected == 200:
-        assert json.loads(body)["reached"] is True
+        assert json.loads(response.body)["reached"] is True
     else:
-        assert b"reached" not in body
+        assert b"reached" not in response.body
     if expected == 404:
-        assert json.loads(body) == {"error": "not_found"}
+        assert json.loads(response.body) == {"error": "not_found"}
 
 
 @pytest.mark.parametrize("method", [b"POST", b"DELETE", b"OPTIONS", b"PUT"])
 async def test_refusal_does_not_depend_on_method(echo_url: str, method: bytes) -> None:
-    assert (await raw_request(echo_url, b"/mcp/..", method=method))[0] == 404
-    assert (await raw_request(echo_url, b"/mcp", method=method))[0] == 200
+    assert (await send_request(echo_url, b"/mcp/..", method=method)).status == 404
+    assert (await send_request(echo_url, b"/mcp", method=method)).status == 200
 
 
 async def test_refusals_are_logged_with_a_reason(echo_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="mcp_access_guard")
     for target in (b"/%6dcp", b"/mcp;x", b"/x/../mcp", b"/mcpx", b"/mcp"):
-        await raw_request(echo_url, target)
+        await send_request(echo_url, target)
     records = [vars(record) for record in caplog.records if record.name == "mcp_access_guard"]
     reasons = [(record["decision"], record["reason"]) for record in records]
     assert reasons == [
@@ -204,13 +167,13 @@ async def test_mounted_under_root_path() -> None:
     guarded = PathAllowlistMiddleware(EchoApp(), allow=("/mcp",))
     parent = Starlette(routes=[Mount("/api", app=guarded)])
     async with serve(parent) as url:
-        status, body = await raw_request(url, b"/api/mcp")
-        assert status == 200
-        assert json.loads(body) == {"reached": True, "path": "/api/mcp", "root_path": "/api"}
-        assert (await raw_request(url, b"/api/mcpx"))[0] == 404
-        assert (await raw_request(url, b"/api/api/mcp"))[0] == 404
-        assert (await raw_request(url, b"/api/x/../mcp"))[0] == 404
-        assert (await raw_request(url, b"/api/%6dcp"))[0] == 404
+        response = await send_request(url, b"/api/mcp")
+        assert response.status == 200
+        assert json.loads(response.body) == {"reached": True, "path": "/api/mcp", "root_path": "/api"}
+        assert (await send_request(url, b"/api/mcpx")).status == 404
+        assert (await send_request(url, b"/api/api/mcp")).status == 404
+        assert (await send_request(url, b"/api/x/../mcp")).status == 404
+        assert (await send_request(url, b"/api/%6dcp")).status == 404
 
 
 async def test_in_front_of_a_real_mcp_server() -> None:
@@ -224,7 +187,7 @@ async def test_in_front_of_a_real_mcp_server() -> None:
         slash = await client.post(url + "/mcp/", json=INITIALIZE, headers=MCP_ACCEPT)
         assert slash.status_code == 404
         assert slash.json() == {"error": "not_found"}
-        assert (await raw_request(url, b"/%6dcp", method=b"POST"))[0] == 404
+        assert (await send_request(url, b"/%6dcp", method=b"POST")).status == 404
         assert (await client.get(url + "/mcp-admin")).status_code == 404
 
 

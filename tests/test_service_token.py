@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,6 +19,7 @@ from mcp_access_guard.middleware.service_token import QUOTED_HINT, SWAPPED_HINT,
 from mcp_access_guard.policy import Rule
 from mcp_access_guard.testing import LocalAccess, serve
 from mcp_access_guard.verifier import AccessVerifier
+from support import INITIALIZE_PARAMS, MCP_ACCEPT, RawResponse, RecordingApp, send_request
 
 pytestmark = pytest.mark.anyio
 
@@ -37,19 +36,10 @@ ALL_SECRET_VALUES = (SECRET, NEXT_SECRET, CLIENT_SECRET, OTHER_CLIENT_SECRET)
 CREDENTIAL_HEADERS = {"cf-access-guard-secret", "cf-access-client-id", "cf-access-client-secret"}
 
 
-class EchoApp:
+class EchoApp(RecordingApp):
     """Answers with the headers it received and the identity bound for it; counts the requests that reach it."""
 
-    def __init__(self) -> None:
-        self.hits = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        self.hits += 1
+    async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         identity = current_identity()
         described = None
         if identity is not None:
@@ -109,19 +99,9 @@ def assert_forbidden(response: httpx.Response, hint: str | None = None) -> None:
     assert response.json() == ({"error": "forbidden"} if hint is None else {"error": "forbidden", "hint": hint})
 
 
-async def raw_request(client: httpx.AsyncClient, header_lines: bytes) -> tuple[int, bytes]:
-    """Send headers exactly as given (the same header twice), which httpx would merge or reorder."""
-    url = urlsplit(str(client.base_url))
-    reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    try:
-        writer.write(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header_lines + b"Connection: close\r\n\r\n")
-        await writer.drain()
-        response = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = response.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
+async def send_headers(client: httpx.AsyncClient, header_lines: bytes) -> RawResponse:
+    """GET /mcp with header lines exactly as given (the same header twice), which httpx would merge or reorder."""
+    return await send_request(str(client.base_url), headers=header_lines)
 
 
 # -- shared secret ---------------------------------------------------------------------------------------------
@@ -173,10 +153,10 @@ async def test_quoted_secret_gets_a_hint_without_the_value(secret_client: httpx.
 
 async def test_duplicated_secret_header_is_refused(secret_client: httpx.AsyncClient, echo: EchoApp) -> None:
     line = f"{SECRET_HEADER}: {SECRET}\r\n".encode()
-    status, body = await raw_request(secret_client, line + line)
-    assert status == 403
-    assert json.loads(body) == {"error": "forbidden"}
-    assert (await raw_request(secret_client, line))[0] == 200
+    response = await send_headers(secret_client, line + line)
+    assert response.status == 403
+    assert json.loads(response.body) == {"error": "forbidden"}
+    assert (await send_headers(secret_client, line)).status == 200
     assert echo.hits == 1
 
 
@@ -255,9 +235,9 @@ async def test_bad_pair_is_403(
 async def test_duplicated_pair_headers_are_refused(pair_client: httpx.AsyncClient, echo: EchoApp) -> None:
     id_line = f"CF-Access-Client-Id: {CLIENT_ID}\r\n".encode()
     secret_line = f"CF-Access-Client-Secret: {CLIENT_SECRET}\r\n".encode()
-    assert (await raw_request(pair_client, id_line + id_line + secret_line))[0] == 403
-    assert (await raw_request(pair_client, id_line + secret_line + secret_line))[0] == 403
-    assert (await raw_request(pair_client, id_line + secret_line))[0] == 200
+    assert (await send_headers(pair_client, id_line + id_line + secret_line)).status == 403
+    assert (await send_headers(pair_client, id_line + secret_line + secret_line)).status == 403
+    assert (await send_headers(pair_client, id_line + secret_line)).status == 200
     assert echo.hits == 1
 
 
@@ -327,9 +307,6 @@ async def test_identity_reaches_tool_code_of_a_real_mcp_server() -> None:
         assert_forbidden(refused)
 
 
-INITIALIZE_PARAMS = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
-
-
 def rpc(method: str, params: Mapping[str, Any], request_id: int | None = 1) -> dict[str, Any]:
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
     if request_id is not None:
@@ -338,7 +315,7 @@ def rpc(method: str, params: Mapping[str, Any], request_id: int | None = 1) -> d
 
 
 async def call_whoami(client: httpx.AsyncClient, credentials: Mapping[str, str]) -> str:
-    headers = {"Accept": "application/json, text/event-stream", **credentials}
+    headers = {**MCP_ACCEPT, **credentials}
     initialized = await client.post("/mcp", json=rpc("initialize", INITIALIZE_PARAMS), headers=headers)
     assert initialized.status_code == 200
     headers["Mcp-Session-Id"] = initialized.headers["mcp-session-id"]

@@ -17,18 +17,12 @@ from mcp_access_guard.config import CORSSettings, GuardConfig, PathSettings, Ser
 from mcp_access_guard.policy import Rule, ToolPolicy
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import LocalAccess, serve
+from support import INITIALIZE, MCP_HEADERS
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "tunnel-secret-0123456789"
 ASSERTION = "Cf-Access-Jwt-Assertion"
 SECRET_HEADER = "Cf-Access-Guard-Secret"
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
-}
 
 
 def reference_server(seen_headers: list[dict[str, str]]) -> MCPServer:
