@@ -89,6 +89,9 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_refuse_duplicate_keys)
+
+
 def parse_json_body(body: bytes) -> Any:
     """Decode a request body as UTF-8 JSON, the only encoding JSON-RPC over HTTP uses; anything else is refused.
 
@@ -102,7 +105,7 @@ def parse_json_body(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise RejectedRequest(400, PARSE_ERROR, "Request body must be UTF-8 JSON", "encoding") from None
     try:
-        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+        return _STRICT_DECODER.decode(text)
     except (ValueError, RecursionError):
         # ValueError covers JSONDecodeError and over-long integer literals; deep nesting raises RecursionError.
         raise RejectedRequest(400, PARSE_ERROR, "Parse error", "parse_error") from None
