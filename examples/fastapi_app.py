@@ -16,7 +16,10 @@ from mcp_access_guard import (
     CORSAllowlistMiddleware,
     GuardConfig,
     PathAllowlistMiddleware,
+    Rule,
     ServiceTokenMiddleware,
+    ToolPolicy,
+    ToolPolicyMiddleware,
     current_identity,
 )
 
@@ -28,6 +31,12 @@ mcp = MCPServer("fastapi example")
 def add(a: int, b: int) -> int:
     """Add two numbers."""
     return a + b
+
+
+@mcp.tool()
+def generate_image(prompt: str) -> str:
+    """Draw `prompt` (only for the people the policy names)."""
+    return f"an image of {prompt}"
 
 
 @mcp.tool()
@@ -49,6 +58,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(lifespan=lifespan)
 app.mount("/", mcp_app)
 # add_middleware wraps from the inside out: the last one added is the first a request meets.
+app.add_middleware(ToolPolicyMiddleware, policy=ToolPolicy({"generate_image": Rule(emails=["alice@example.com"])}))
 app.add_middleware(AccessJWTMiddleware, config=config.access)
 app.add_middleware(ServiceTokenMiddleware, secrets=config.service_token.secrets)
 app.add_middleware(CORSAllowlistMiddleware)

@@ -17,9 +17,11 @@ from mcp_access_guard.testing import LocalAccess, serve
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def call_as(url: str, token: str, tool: str, arguments: dict[str, object]) -> tuple[list[str], str]:
+async def call_as(
+    url: str, token: str, tool: str, arguments: dict[str, object], headers: dict[str, str] | None = None
+) -> tuple[list[str], str]:
     async with (
-        httpx2.AsyncClient(headers={"Cf-Access-Jwt-Assertion": token}) as http,
+        httpx2.AsyncClient(headers=headers or {"Cf-Access-Jwt-Assertion": token}) as http,
         Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
     ):
         names = [tool.name for tool in (await client.list_tools()).tools]
@@ -102,3 +104,8 @@ async def test_fastapi_example_guards_every_layer(local_access: LocalAccess, mon
             assert added.content[0].text == "5"
             assert isinstance(who.content[0], TextContent)
             assert who.content[0].text == "alice@example.com"
+        bob = {**headers, "Cf-Access-Jwt-Assertion": local_access.user_token("bob@example.com")}
+        assert await call_as(url, local_access.user_token(), "generate_image", {"prompt": "x"}, bob) == (
+            ["add", "whoami"],
+            "Unknown tool: generate_image",
+        )
