@@ -402,3 +402,14 @@ async def test_unencoded_payload_header_is_refused(local_access: LocalAccess, ve
 async def test_fractional_exp_counts_in_whole_seconds(local_access: LocalAccess, verifier: AccessVerifier) -> None:
     exp = int(time.time()) - LEEWAY + 0.999
     assert await refused(verifier, local_access.user_token(claims={"exp": exp})) == "expired"
+
+
+@pytest.mark.parametrize("claim", ["email", "common_name", "sub", "country"])
+async def test_a_lone_surrogate_is_not_text(claim: str, local_access: LocalAccess, verifier: AccessVerifier) -> None:
+    token = local_access.user_token(claims={claim: "\ud800@example.com"})
+    assert await refused(verifier, token) == "malformed"
+
+
+async def test_groups_that_are_not_text_are_dropped(local_access: LocalAccess, verifier: AccessVerifier) -> None:
+    identity = await verifier.verify(local_access.user_token(groups=["eng", "\udfff", "ops"]))
+    assert identity.groups == ("eng", "ops")

@@ -137,7 +137,21 @@ def _groups(claims: dict[str, Any]) -> tuple[str, ...]:
     groups = claims.get("groups", custom.get("groups") if isinstance(custom, dict) else None)
     if not isinstance(groups, list):
         return ()
-    return tuple(group for group in groups if isinstance(group, str))
+    return tuple(group for group in groups if _is_text(group))
+
+
+def _is_text(value: Any) -> bool:
+    # JSON's \ud800 escapes decode to lone surrogates, which are not text: anything that encodes the value later
+    # (a log handler, a response) would fail on it.
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +255,8 @@ class AccessVerifier:
                 _deny("not_yet_valid", f"{name} is {moment - now:.0f} s ahead")
 
         for name in _STRING_CLAIMS:
-            if name in claims and not isinstance(claims[name], str):
-                _deny("malformed", f"{name} is not a string")
+            if name in claims and not _is_text(claims[name]):
+                _deny("malformed", f"{name} is not a string of Unicode text")
         email = claims.get("email")
         common_name = claims.get("common_name")
         if not email and not common_name:
