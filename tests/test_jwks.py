@@ -214,3 +214,46 @@ async def test_refresh_ignores_the_cooldown(issuer: LocalAccess, clock: Clock) -
     assert new.kid in cache.kids
     assert cache.fetch_count == 2
     await cache.aclose()
+
+
+async def test_a_request_arriving_during_the_first_fetch_waits_for_it(issuer: LocalAccess, clock: Clock) -> None:
+    issuer.fault = "slow"
+    issuer.slow_seconds = 0.3
+    cache = cache_for(issuer, clock, timeout=5)
+    kid = issuer.current_key.kid
+    keys: list[object] = []
+
+    async def ask() -> None:
+        keys.append(await cache.get(kid))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ask)
+        await anyio.sleep(0.1)  # the first fetch is in flight, and has started the cooldown
+        tasks.start_soon(ask)
+    assert len(keys) == 2
+    assert keys[0] is not None
+    assert keys[1] is keys[0]
+    assert cache.fetch_count == 1
+    await cache.aclose()
+
+
+async def test_a_request_with_a_known_key_does_not_wait_for_a_refresh(issuer: LocalAccess, clock: Clock) -> None:
+    cache = cache_for(issuer, clock, timeout=5)
+    kid = issuer.current_key.kid
+    first = await cache.get(kid)
+    issuer.fault = "slow"
+    issuer.slow_seconds = 1.0
+    clock.advance(301)  # due for a refresh, which will be slow
+    answered: list[str] = []
+
+    async def ask(who: str, delay: float) -> None:
+        await anyio.sleep(delay)
+        assert await cache.get(kid) is first
+        answered.append(who)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ask, "refresher", 0)  # starts the refresh and waits for it
+        tasks.start_soon(ask, "later", 0.2)  # arrives while it is in flight: served from the current keys at once
+    assert answered == ["later", "refresher"]
+    assert cache.fetch_count == 2
+    await cache.aclose()

@@ -60,6 +60,7 @@ class JWKSCache:
         self._keys: dict[str, RSAPublicKey] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
+        self._fetches_done = 0
         self._lock = anyio.Lock()
 
     @property
@@ -70,8 +71,11 @@ class JWKSCache:
         """The key for `kid`, or None when the endpoint does not publish it. Raises `KeysUnavailable`."""
         now = self._clock()
         fetched_at = self._fetched_at
-        if fetched_at is None or now - fetched_at >= self.max_age or kid not in self._keys:
-            await self._refresh_if_allowed(now)
+        known = kid in self._keys
+        if fetched_at is None or now - fetched_at >= self.max_age or not known:
+            # A request that has its key serves from the current keys while another refreshes them; one that has
+            # none waits for the fetch in flight rather than be refused for a cooldown that fetch started.
+            await self._refresh_if_allowed(now, wait_for_fetch_in_flight=not known)
         fetched_at = self._fetched_at
         if fetched_at is None or self._clock() - fetched_at >= self.max_age + self.stale_window:
             raise KeysUnavailable
@@ -87,13 +91,16 @@ class JWKSCache:
             await self._client.aclose()
             self._client = None
 
-    async def _refresh_if_allowed(self, now: float) -> None:
-        if self._attempted_at is not None and now - self._attempted_at < self.refetch_cooldown:
+    async def _refresh_if_allowed(self, now: float, *, wait_for_fetch_in_flight: bool) -> None:
+        if self._lock.locked():
+            if not wait_for_fetch_in_flight:
+                return
+        elif self._attempted_at is not None and now - self._attempted_at < self.refetch_cooldown:
             return
-        attempted_before = self._attempted_at
+        fetches_done = self._fetches_done
         async with self._lock:
-            # Whoever held the lock before us may have just fetched: one fetch serves every waiter.
-            if self._attempted_at != attempted_before:
+            # A fetch that finished while we waited serves us too: one fetch for every waiter.
+            if self._fetches_done != fetches_done:
                 return
             await self._fetch()
 
@@ -111,6 +118,8 @@ class JWKSCache:
                 extra={"layer": "jwks", "decision": "error", "reason": "keys_fetch_failed"},
             )
             return
+        finally:
+            self._fetches_done += 1
         removed = self._keys.keys() - keys.keys()
         if removed:
             logger.info("Access signing keys no longer published, no longer trusted: %s", sorted(removed))
