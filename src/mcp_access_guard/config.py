@@ -280,7 +280,12 @@ class GuardConfig:
                 document = tomllib.load(file)
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        return _guard_config_from_tables(document, str(path))
+        return cls.from_mapping(document, str(path))
+
+    @classmethod
+    def from_mapping(cls, document: Mapping[str, Any], where: str = "settings") -> GuardConfig:
+        """From the tables a TOML file gives (see `examples/guard.toml`); `where` names the source in messages."""
+        return _guard_config_from_tables(document, where)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, restricted_tool: str | None = None) -> GuardConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import os
 import secrets
 import socket
 import threading
@@ -19,7 +20,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 import uvicorn
@@ -84,6 +87,18 @@ class SigningKey:
             kid=secrets.token_hex(32), private_key=rsa.generate_private_key(public_exponent=65537, key_size=2048)
         )
 
+    def private_key_pem(self) -> str:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode("ascii")
+
+    @classmethod
+    def from_pem(cls, kid: str, pem: str) -> SigningKey:
+        private_key = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise ValueError("the signing key must be an RSA private key")
+        return cls(kid=kid, private_key=private_key)
+
 
 class _CertsHandler(BaseHTTPRequestHandler):
     server: _CertsServer
@@ -145,15 +160,18 @@ class _CertsServer(ThreadingHTTPServer):
 class LocalAccess:
     """An Access-compatible issuer on 127.0.0.1. Use as a context manager (sync or async) or start()/stop()."""
 
-    def __init__(self, *, audience: str | None = None, team: str = "local") -> None:
+    def __init__(
+        self, *, audience: str | None = None, team: str = "local", key: SigningKey | None = None, port: int = 0
+    ) -> None:
+        """`key` and `port` rebuild a known issuer (see `load()`); by default both are fresh."""
         self.team = team
         self.audience = audience or secrets.token_hex(32)
-        self.keys: list[SigningKey] = [SigningKey.generate()]
+        self.keys: list[SigningKey] = [key or SigningKey.generate()]
         self.fault: Fault | None = None
         self.slow_seconds = 10.0
         self.huge_bytes = 50 * 1024 * 1024
         self.requests = 0
-        self._port = 0
+        self._port = port
         self._server: _CertsServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -214,6 +232,56 @@ class LocalAccess:
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop()
+
+    # -- state, shared between processes (`serve --dev` and `token`) -------------------------------------------
+
+    def state(self) -> dict[str, str]:
+        """What another process needs to mint tokens this issuer's verifiers accept. Holds the private key."""
+        return {
+            "issuer": self.url,
+            "audience": self.audience,
+            "team": self.team,
+            "kid": self.current_key.kid,
+            "private_key_pem": self.current_key.private_key_pem(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> LocalAccess:
+        """An issuer rebuilt from `state()`, not started: it can mint tokens, and `start()` listens on its port."""
+        try:
+            issuer = urlsplit(str(state["issuer"]))
+            key = SigningKey.from_pem(str(state["kid"]), str(state["private_key_pem"]))
+            if issuer.scheme != "http" or issuer.hostname != "127.0.0.1" or not issuer.port:
+                raise ValueError(f"issuer {state['issuer']!r} is not http://127.0.0.1:PORT")
+            return cls(audience=str(state["audience"]), team=str(state.get("team", "local")), key=key, port=issuer.port)
+        except KeyError as missing:
+            raise ValueError(f"dev issuer state has no {missing}") from None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write `state()` to `path`, readable by its owner only (mode 0600), replacing it atomically."""
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(descriptor, 0o600)  # a leftover partial file may have had wider permissions
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                json.dump(self.state(), file, indent=2)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LocalAccess:
+        """Read what `save()` wrote. Raises OSError when unreadable, ValueError when not valid state."""
+        with open(path, encoding="utf-8") as file:
+            try:
+                state = json.load(file)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        return cls.from_state(state)
 
     # -- keys ------------------------------------------------------------------------------------------------
 
