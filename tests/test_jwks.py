@@ -257,3 +257,17 @@ async def test_a_request_with_a_known_key_does_not_wait_for_a_refresh(issuer: Lo
     assert answered == ["later", "refresher"]
     assert cache.fetch_count == 2
     await cache.aclose()
+
+
+async def test_a_rotation_right_after_a_routine_fetch_is_picked_up_at_once(issuer: LocalAccess, clock: Clock) -> None:
+    cache = cache_for(issuer, clock)
+    await cache.get(issuer.current_key.kid)
+    new = issuer.rotate()
+    clock.advance(1)  # well inside the cooldown
+    assert await cache.get(new.kid) is not None
+    assert cache.fetch_count == 2
+    # That fetch was for an unknown kid, so made-up kids now wait out the cooldown: a flood still costs nothing.
+    for _ in range(50):
+        assert await cache.get(secrets.token_hex(16)) is None
+    assert cache.fetch_count == 2
+    await cache.aclose()

@@ -61,6 +61,7 @@ class JWKSCache:
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._fetches_done = 0
+        self._last_fetch_for_unknown_kid = False
         self._lock = anyio.Lock()
 
     @property
@@ -72,10 +73,12 @@ class JWKSCache:
         now = self._clock()
         fetched_at = self._fetched_at
         known = kid in self._keys
-        if fetched_at is None or now - fetched_at >= self.max_age or not known:
+        if fetched_at is None or now - fetched_at >= self.max_age:
             # A request that has its key serves from the current keys while another refreshes them; one that has
             # none waits for the fetch in flight rather than be refused for a cooldown that fetch started.
-            await self._refresh_if_allowed(now, wait_for_fetch_in_flight=not known)
+            await self._refresh_if_allowed(now, for_unknown_kid=False, wait_for_fetch_in_flight=not known)
+        elif not known:
+            await self._refresh_if_allowed(now, for_unknown_kid=True, wait_for_fetch_in_flight=True)
         fetched_at = self._fetched_at
         if fetched_at is None or self._clock() - fetched_at >= self.max_age + self.stale_window:
             raise KeysUnavailable
@@ -91,18 +94,26 @@ class JWKSCache:
             await self._client.aclose()
             self._client = None
 
-    async def _refresh_if_allowed(self, now: float, *, wait_for_fetch_in_flight: bool) -> None:
+    async def _refresh_if_allowed(self, now: float, *, for_unknown_kid: bool, wait_for_fetch_in_flight: bool) -> None:
         if self._lock.locked():
             if not wait_for_fetch_in_flight:
                 return
-        elif self._attempted_at is not None and now - self._attempted_at < self.refetch_cooldown:
+        elif self._in_cooldown(now, for_unknown_kid):
             return
         fetches_done = self._fetches_done
         async with self._lock:
             # A fetch that finished while we waited serves us too: one fetch for every waiter.
             if self._fetches_done != fetches_done:
                 return
+            self._last_fetch_for_unknown_kid = for_unknown_kid
             await self._fetch()
+
+    def _in_cooldown(self, now: float, for_unknown_kid: bool) -> bool:
+        if self._attempted_at is None or now - self._attempted_at >= self.refetch_cooldown:
+            return False
+        # Only unknown kids count against each other: a key published just after a routine refresh (a rotation)
+        # is fetched at once, while a flood of made-up kids still costs one fetch per cooldown.
+        return self._last_fetch_for_unknown_kid or not for_unknown_kid
 
     async def _fetch(self) -> None:
         self._attempted_at = self._clock()
