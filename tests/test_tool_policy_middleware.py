@@ -732,3 +732,27 @@ async def test_restrict_without_the_middleware_answers_like_an_unknown_tool(era:
         allowed = await session.call("tools/call", {"name": "secret", "arguments": {}})
     assert result(allowed)["isError"] is False
     assert result(allowed)["structuredContent"]["result"] >= 1
+
+
+async def test_a_lower_case_post_is_inspected_too() -> None:
+    # A server that folded method names would otherwise run an uninspected tools/call.
+    received: list[bytes] = []
+
+    async def folding_app(scope: Scope, receive: Receive, send: Send) -> None:
+        received.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "secret"}}).encode()
+    scope = {"type": "http", "method": "post", "path": "/mcp", "headers": [(b"content-type", b"application/json")]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        pass
+
+    await ToolPolicyMiddleware(folding_app, policy())(scope, receive, send)
+    (forwarded,) = received
+    assert json.loads(forwarded)["params"]["name"].startswith("secret-denied-")

@@ -95,7 +95,8 @@ class ToolPolicyMiddleware:
             log_decision(scope, layer=LAYER, decision="deny", reason="websocket", principal=_principal())
             await WebSocketClose(code=1008)(scope, receive, send)
             return
-        if scope["type"] != "http" or scope["method"] != "POST":
+        # Methods are case-sensitive, but a server that folds them must not see an uninspected POST.
+        if scope["type"] != "http" or scope["method"].upper() != "POST":
             await self.app(scope, receive, send)
             return
 
