@@ -734,6 +734,7 @@ async def test_restrict_without_the_middleware_answers_like_an_unknown_tool(era:
     assert result(allowed)["structuredContent"]["result"] >= 1
 
 
+@pytest.mark.anyio
 async def test_a_lower_case_post_is_inspected_too() -> None:
     # A server that folded method names would otherwise run an uninspected tools/call.
     received: list[bytes] = []
