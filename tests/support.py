@@ -101,3 +101,16 @@ async def send_request(
 ) -> RawResponse:
     """Send ``method target HTTP/1.1`` with ``Host: 127.0.0.1`` and the given CRLF-ended header lines, as written."""
     return await send_raw(base_url, method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers)
+
+
+class ManualClock:
+    """A key cache's clock, moved by hand, so the stale-window arithmetic needs no sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

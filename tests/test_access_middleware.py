@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from mcp_access_guard import AccessJWTMiddleware, AccessVerifier, ConfigError, Rule, current_identity
 from mcp_access_guard.jwks import JWKSCache
 from mcp_access_guard.testing import LocalAccess, SigningKey, serve
-from support import INITIALIZE, MCP_HEADERS
+from support import INITIALIZE, MCP_HEADERS, ManualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -222,15 +222,8 @@ async def test_another_principal_reusing_a_session_id_gets_404(
     assert (await post(url, {**alice, **session}, listing)).status_code == 200
 
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_outage_inside_then_past_the_stale_window(local_access: LocalAccess) -> None:
-    clock = Clock()
+    clock = ManualClock()
     config = local_access.config(keys_max_age=300, stale_window=600, fetch_timeout=1)
     keys = JWKSCache(config.certs_url, max_age=300, stale_window=600, timeout=1, clock=clock)
     app = AccessJWTMiddleware(whoami_server().streamable_http_app(), AccessVerifier(config, keys=keys))

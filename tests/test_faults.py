@@ -32,7 +32,7 @@ from mcp_access_guard.jwks import JWKSCache
 from mcp_access_guard.middleware.access import AccessJWTMiddleware
 from mcp_access_guard.testing import Fault, LocalAccess, serve
 from mcp_access_guard.verifier import AccessVerifier
-from support import RecordingApp
+from support import ManualClock, RecordingApp
 
 pytestmark = pytest.mark.anyio
 
@@ -77,19 +77,6 @@ FAULT_TABLE = [
 ]
 
 
-class Clock:
-    """The key cache's clock: moved by hand, so the stale-window arithmetic needs no sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class OkApp(RecordingApp):
     async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         await JSONResponse({"reached": True})(scope, receive, send)
@@ -98,7 +85,7 @@ class OkApp(RecordingApp):
 @dataclass
 class Rig:
     issuer: LocalAccess
-    clock: Clock
+    clock: ManualClock
     cache: JWKSCache
     client: httpx.AsyncClient
     url: str
@@ -120,7 +107,7 @@ async def rig() -> AsyncIterator[Rig]:
     with LocalAccess() as issuer:
         issuer.slow_seconds = SLOW_SECONDS
         config = issuer.config()
-        clock = Clock()
+        clock = ManualClock()
         cache = JWKSCache(
             config.certs_url,
             max_age=MAX_AGE,

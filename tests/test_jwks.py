@@ -9,24 +9,14 @@ import pytest
 
 from mcp_access_guard.jwks import JWKSCache, KeysUnavailable
 from mcp_access_guard.testing import Fault, LocalAccess
+from support import ManualClock
 
 pytestmark = pytest.mark.anyio
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
@@ -35,12 +25,12 @@ def issuer() -> Iterator[LocalAccess]:
         yield running
 
 
-def cache_for(issuer: LocalAccess, clock: Clock, **settings: float) -> JWKSCache:
+def cache_for(issuer: LocalAccess, clock: ManualClock, **settings: float) -> JWKSCache:
     options = {"max_age": 300, "refetch_cooldown": 30, "stale_window": 3600, "timeout": 2, **settings}
     return JWKSCache(issuer.certs_url, clock=clock, **options)  # type: ignore[arg-type]
 
 
-async def test_fetches_cloudflare_shaped_keys_once(issuer: LocalAccess, clock: Clock) -> None:
+async def test_fetches_cloudflare_shaped_keys_once(issuer: LocalAccess, clock: ManualClock) -> None:
     cache = cache_for(issuer, clock)
     key = await cache.get(issuer.current_key.kid)
     assert key is not None
@@ -51,7 +41,7 @@ async def test_fetches_cloudflare_shaped_keys_once(issuer: LocalAccess, clock: C
     await cache.aclose()
 
 
-async def test_concurrent_first_requests_share_one_fetch(issuer: LocalAccess, clock: Clock) -> None:
+async def test_concurrent_first_requests_share_one_fetch(issuer: LocalAccess, clock: ManualClock) -> None:
     cache = cache_for(issuer, clock)
     results: list[object] = []
 
@@ -67,7 +57,7 @@ async def test_concurrent_first_requests_share_one_fetch(issuer: LocalAccess, cl
     await cache.aclose()
 
 
-async def test_random_kid_flood_costs_at_most_one_fetch_per_cooldown(issuer: LocalAccess, clock: Clock) -> None:
+async def test_random_kid_flood_costs_at_most_one_fetch_per_cooldown(issuer: LocalAccess, clock: ManualClock) -> None:
     cache = cache_for(issuer, clock)
     await cache.get(issuer.current_key.kid)
     clock.advance(31)
@@ -90,7 +80,7 @@ async def test_random_kid_flood_costs_at_most_one_fetch_per_cooldown(issuer: Loc
     await cache.aclose()
 
 
-async def test_rotated_key_is_fetched_on_first_sight_and_old_key_kept(issuer: LocalAccess, clock: Clock) -> None:
+async def test_rotated_key_is_fetched_on_first_sight_and_old_key_kept(issuer: LocalAccess, clock: ManualClock) -> None:
     cache = cache_for(issuer, clock)
     old = issuer.current_key
     await cache.get(old.kid)
@@ -102,7 +92,7 @@ async def test_rotated_key_is_fetched_on_first_sight_and_old_key_kept(issuer: Lo
     await cache.aclose()
 
 
-async def test_a_key_that_disappears_is_no_longer_trusted(issuer: LocalAccess, clock: Clock) -> None:
+async def test_a_key_that_disappears_is_no_longer_trusted(issuer: LocalAccess, clock: ManualClock) -> None:
     cache = cache_for(issuer, clock)
     old = issuer.current_key
     new = issuer.rotate()
@@ -115,7 +105,7 @@ async def test_a_key_that_disappears_is_no_longer_trusted(issuer: LocalAccess, c
     await cache.aclose()
 
 
-async def test_unchanged_keys_keep_their_identity_across_refreshes(issuer: LocalAccess, clock: Clock) -> None:
+async def test_unchanged_keys_keep_their_identity_across_refreshes(issuer: LocalAccess, clock: ManualClock) -> None:
     cache = cache_for(issuer, clock)
     first = await cache.get(issuer.current_key.kid)
     clock.advance(301)
@@ -136,7 +126,7 @@ FAULTS: list[Fault | None] = [None, "slow", "http_500", "garbage", "html", "empt
 
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda fault: fault or "down")
 async def test_stale_keys_serve_through_a_fault_then_fail_closed_then_recover(
-    issuer: LocalAccess, clock: Clock, fault: Fault | None, caplog: pytest.LogCaptureFixture
+    issuer: LocalAccess, clock: ManualClock, fault: Fault | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     issuer.slow_seconds = 1.0
     issuer.huge_bytes = 1024 * 1024
@@ -167,7 +157,7 @@ async def test_stale_keys_serve_through_a_fault_then_fail_closed_then_recover(
     await cache.aclose()
 
 
-async def test_down_at_start_up_fails_closed_and_recovers(issuer: LocalAccess, clock: Clock) -> None:
+async def test_down_at_start_up_fails_closed_and_recovers(issuer: LocalAccess, clock: ManualClock) -> None:
     issuer.go_down()
     cache = cache_for(issuer, clock)
     for _ in range(20):
@@ -181,7 +171,7 @@ async def test_down_at_start_up_fails_closed_and_recovers(issuer: LocalAccess, c
     await cache.aclose()
 
 
-async def test_non_rsa_and_malformed_entries_are_skipped(issuer: LocalAccess, clock: Clock) -> None:
+async def test_non_rsa_and_malformed_entries_are_skipped(issuer: LocalAccess, clock: ManualClock) -> None:
     good = issuer.current_key.jwk()
     entries = [
         {"kid": "ec", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"},
@@ -206,7 +196,7 @@ async def test_a_kid_published_twice_is_trusted_under_neither(issuer: LocalAcces
     assert _parse_keys({"keys": [first, second]}) == {}
 
 
-async def test_refresh_ignores_the_cooldown(issuer: LocalAccess, clock: Clock) -> None:
+async def test_refresh_ignores_the_cooldown(issuer: LocalAccess, clock: ManualClock) -> None:
     cache = cache_for(issuer, clock)
     await cache.get(issuer.current_key.kid)
     new = issuer.rotate()
@@ -216,7 +206,7 @@ async def test_refresh_ignores_the_cooldown(issuer: LocalAccess, clock: Clock) -
     await cache.aclose()
 
 
-async def test_a_request_arriving_during_the_first_fetch_waits_for_it(issuer: LocalAccess, clock: Clock) -> None:
+async def test_a_request_arriving_during_the_first_fetch_waits_for_it(issuer: LocalAccess, clock: ManualClock) -> None:
     issuer.fault = "slow"
     issuer.slow_seconds = 0.3
     cache = cache_for(issuer, clock, timeout=5)
@@ -237,7 +227,7 @@ async def test_a_request_arriving_during_the_first_fetch_waits_for_it(issuer: Lo
     await cache.aclose()
 
 
-async def test_a_request_with_a_known_key_does_not_wait_for_a_refresh(issuer: LocalAccess, clock: Clock) -> None:
+async def test_a_request_with_a_known_key_does_not_wait_for_a_refresh(issuer: LocalAccess, clock: ManualClock) -> None:
     cache = cache_for(issuer, clock, timeout=5)
     kid = issuer.current_key.kid
     first = await cache.get(kid)
@@ -259,7 +249,9 @@ async def test_a_request_with_a_known_key_does_not_wait_for_a_refresh(issuer: Lo
     await cache.aclose()
 
 
-async def test_a_rotation_right_after_a_routine_fetch_is_picked_up_at_once(issuer: LocalAccess, clock: Clock) -> None:
+async def test_a_rotation_right_after_a_routine_fetch_is_picked_up_at_once(
+    issuer: LocalAccess, clock: ManualClock
+) -> None:
     cache = cache_for(issuer, clock)
     await cache.get(issuer.current_key.kid)
     new = issuer.rotate()
