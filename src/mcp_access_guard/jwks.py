@@ -140,7 +140,8 @@ class JWKSCache:
 
     async def _download(self) -> dict[str, RSAPublicKey]:
         if self._client is None:
-            self._client = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": _USER_AGENT})
+            # Building a client loads the CA bundle, tens of milliseconds: done in a thread, not on the event loop.
+            self._client = await anyio.to_thread.run_sync(_new_http_client)
         try:
             # httpx's timeout bounds each read; this bounds the whole fetch, so a slow drip cannot hold us.
             with anyio.fail_after(self.timeout):
@@ -171,6 +172,10 @@ class JWKSCache:
                 if len(body) > self.max_bytes:
                     raise _FetchFailed(f"the answer is larger than {self.max_bytes} bytes")
             return bytes(body)
+
+
+def _new_http_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": _USER_AGENT})
 
 
 def _parse_keys(document: Any) -> dict[str, RSAPublicKey]:

@@ -1,0 +1,101 @@
+"""What the benchmarks driven by `run.py` share: the shape of a measured figure, and an event-loop lag ticker.
+
+Not a benchmark itself. Every figure keeps all its kept samples, so `run.py` can quote a median with its min-max and
+a ratio to the baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Figure:
+    """One measured quantity: its kept samples (warm-up already dropped), and what it is compared with."""
+
+    section: str
+    label: str
+    unit: str
+    samples: list[float]
+    # The label of the figure in the same section this one is a ratio to; None for a baseline or a bare count.
+    baseline: str | None = None
+    # A target in words, and whether it was met; None when the figure has no target.
+    target: str | None = None
+    met: bool | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def low(self) -> float:
+        return min(self.samples)
+
+    @property
+    def high(self) -> float:
+        return max(self.samples)
+
+
+@dataclass
+class Section:
+    """A benchmark's figures, plus tables and notes that are facts rather than timings."""
+
+    title: str
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, label: str, unit: str, samples: list[float], **extra: object) -> Figure:
+        figure = Figure(self.title, label, unit, samples, **extra)  # type: ignore[arg-type]
+        self.figures.append(figure)
+        return figure
+
+    def find(self, label: str) -> Figure:
+        return next(figure for figure in self.figures if figure.label == label)
+
+    def ratio(self, figure: Figure) -> float | None:
+        if figure.baseline is None:
+            return None
+        base = self.find(figure.baseline).median
+        return figure.median / base if base else None
+
+
+class LagTicker:
+    """Wakes every `interval` seconds and records how late it woke: the longest lag is the longest time the event
+    loop was held by something else (a blocking call, or one long burst of ready work)."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            expected = time.perf_counter() + self.interval
+            await asyncio.sleep(self.interval)
+            self.lags.append(max(0.0, time.perf_counter() - expected))
+
+    def start(self) -> None:
+        self.lags.clear()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def worst_ms(self) -> float:
+        return max(self.lags, default=0.0) * 1000
+
+    def percentile_ms(self, fraction: float) -> float:
+        if not self.lags:
+            return 0.0
+        ordered = sorted(self.lags)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000

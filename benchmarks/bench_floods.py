@@ -1,0 +1,240 @@
+"""Floods against the guarded stack over real HTTP, with the server's event-loop lag measured while each runs.
+
+    python benchmarks/bench_floods.py [--quick]
+
+The `guard()` stack (around a trivial app, so what is measured is the guard) runs under uvicorn in this process,
+with a ticker task in the same event loop recording how late it wakes; another process sends the flood over
+loopback, 32 requests in flight. Floods: tokens with random `kid`s (each unknown kid may trigger a key fetch; the
+JWKS cache allows one per cooldown), garbage tokens, and tokens of distinct valid callers (the verified-token cache
+must stay at its bound). The token cache's memory at its bound is measured apart, with tracemalloc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import math
+import os
+import secrets
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from bench_common import LagTicker, Section
+from bench_stack import bare_app, verifiers_in
+from mcp_access_guard import AccessConfig, AccessVerifier, GuardConfig, guard
+from mcp_access_guard.testing import LocalAccess, serve
+
+TITLE = "Floods"
+CACHE_TITLE = "Token cache memory"
+LAG_TARGET_MS = 5.0
+# Short, so a flood of a few seconds spans several cooldowns and the fetch bound is really exercised.
+COOLDOWN_SECONDS = 1.0
+IN_FLIGHT = 32
+BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}'
+
+
+async def trivial_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """bench_stack's bare app, plus the lifespan protocol uvicorn runs first."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await bare_app(scope, receive, send)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def random_kid_tokens(valid: str, count: int) -> list[str]:
+    """A valid token's claims and signature under a header naming a kid nobody publishes."""
+    _, payload, signature = valid.split(".")
+    headers = (json.dumps({"alg": "RS256", "kid": secrets.token_hex(32), "typ": "JWT"}) for _ in range(count))
+    return [f"{b64url(header.encode())}.{payload}.{signature}" for header in headers]
+
+
+def garbage_tokens(count: int) -> list[str]:
+    shapes = [
+        lambda: secrets.token_urlsafe(600),
+        lambda: ".".join(secrets.token_urlsafe(200) for _ in range(3)),
+        lambda: f"{b64url(b'{not json')}.{secrets.token_urlsafe(300)}.{secrets.token_urlsafe(256)}",
+        lambda: f"{b64url(json.dumps({'alg': 'none'}).encode())}.{secrets.token_urlsafe(300)}.",
+        lambda: "e30." * 50 + secrets.token_hex(8),
+    ]
+    return [shapes[index % len(shapes)]() for index in range(count)]
+
+
+async def flood_sender(url: str, tokens: Sequence[str]) -> dict[str, object]:
+    """Run in the load process: each token once, `IN_FLIGHT` at a time; the statuses seen."""
+    statuses: Counter[int] = Counter()
+    queue = list(reversed(tokens))
+    limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            while queue:
+                token = queue.pop()
+                response = await client.post(url, content=BODY, headers={**headers, "Cf-Access-Jwt-Assertion": token})
+                statuses[response.status_code] += 1
+
+        await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    return {"statuses": {str(status): count for status, count in statuses.items()}}
+
+
+async def send_flood(url: str, tokens: Sequence[str], scratch: Path) -> tuple[dict[str, int], float]:
+    tokens_file = scratch / "flood.json"
+    tokens_file.write_text(json.dumps(list(tokens)))
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--send", url, str(tokens_file), stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await process.communicate()
+    elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError("the flood sender failed")
+    return json.loads(output.decode().strip().splitlines()[-1])["statuses"], elapsed
+
+
+async def run_flood(
+    url: str, tokens: Sequence[str], scratch: Path, expected: str
+) -> tuple[dict[str, int], float, LagTicker]:
+    ticker = LagTicker()
+    ticker.start()
+    statuses, elapsed = await send_flood(url, tokens, scratch)
+    await ticker.stop()
+    return statuses, elapsed, ticker
+
+
+async def collect(quick: bool = False) -> list[Section]:
+    count = 500 if quick else 10_000
+    section = Section(TITLE)
+    cache = Section(CACHE_TITLE)
+    # Refusals are logged at WARNING: records are made (their cost counted), a handler's output is not.
+    guard_logger = logging.getLogger("mcp_access_guard")
+    guard_logger.addHandler(logging.NullHandler())
+    guard_logger.propagate = False
+    for name in ("httpx", "uvicorn", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    guard_logger.setLevel(logging.WARNING)
+    with LocalAccess() as issuer, tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        print(f"minting {count} valid tokens ...", file=sys.stderr, flush=True)
+        valid = [issuer.user_token(f"caller{index}@example.com") for index in range(count)]
+        access = AccessConfig(issuer.url, issuer.audience, refetch_cooldown=COOLDOWN_SECONDS)
+        app = guard(trivial_app, GuardConfig(access=access))
+        verifier = verifiers_in(app)[0]
+        async with serve(app) as base_url:
+            url = base_url + "/mcp"
+            async with httpx.AsyncClient() as client:
+                warm = await client.post(url, content=BODY, headers={"Cf-Access-Jwt-Assertion": valid[0]})
+                assert warm.status_code == 200, warm.status_code
+            floods = {
+                "random kid": (random_kid_tokens(valid[0], count), "403"),
+                "garbage": (garbage_tokens(count), "403"),
+                "distinct valid callers": (valid, "200"),
+            }
+            for name, (tokens, expected) in floods.items():
+                fetches_before = verifier.keys.fetch_count
+                statuses, elapsed, ticker = await run_flood(url, tokens, scratch, expected)
+                fetches = verifier.keys.fetch_count - fetches_before
+                assert statuses == {expected: len(tokens)}, f"{name}: {statuses}"
+                lag = section.add(f"{name}: worst event-loop lag", "ms", [ticker.worst_ms])
+                lag.target, lag.met = f"< {LAG_TARGET_MS:g} ms", ticker.worst_ms < LAG_TARGET_MS
+                section.add(f"{name}: p99 event-loop lag", "ms", [ticker.percentile_ms(0.99)])
+                section.add(f"{name}: requests per second", "req/s", [len(tokens) / elapsed])
+                if name == "random kid":
+                    allowed = math.ceil(elapsed / COOLDOWN_SECONDS)
+                    figure = section.add(f"{name}: JWKS fetches made", "fetches", [float(fetches)])
+                    figure.target = f"<= 1 per {COOLDOWN_SECONDS:g} s cooldown ({allowed} in {elapsed:.1f} s)"
+                    figure.met = fetches <= allowed
+                if name == "distinct valid callers":
+                    # The cache's length is private; read here only to show the bound holds.
+                    held = len(verifier._verified)
+                    figure = section.add(f"{name}: tokens held in the verified-token cache", "tokens", [held])
+                    figure.target = f"<= the bound ({access.token_cache_size})"
+                    figure.met = held <= access.token_cache_size
+        await verifier.aclose()
+        section.notes.append(
+            f"{count} requests per flood, {IN_FLIGHT} in flight, sent by a separate process over loopback; each "
+            "flood runs once (the figure is that run's worst, not a median). Ticker interval 1 ms. Key refetch "
+            f"cooldown set to {COOLDOWN_SECONDS:g} s (default 30 s) so the flood spans several cooldowns."
+        )
+        await measure_cache_memory(cache, issuer, valid, quick)
+    return [section, cache]
+
+
+async def measure_cache_memory(section: Section, issuer: LocalAccess, tokens: list[str], quick: bool) -> None:
+    """Memory the verified-token cache holds once full, and after as many tokens again (it must not grow)."""
+    bound = 1_000 if quick else 10_000
+    extra = tokens[: bound // 5]
+    for _ in range(1 if quick else 3):
+        verifier = AccessVerifier(AccessConfig(issuer.url, issuer.audience, token_cache_size=bound))
+        await verifier.verify(tokens[0])
+        # Tokens are built before tracing: what is traced is what the cache keeps, identities and all.
+        filling = tokens[:bound]
+        overflow = [issuer.user_token(f"late{index}@example.com") for index in range(len(extra))]
+        tracemalloc.start()
+        base, _ = tracemalloc.get_traced_memory()
+        for token in filling:
+            await verifier.verify(token)
+        full, _ = tracemalloc.get_traced_memory()
+        for token in overflow:
+            await verifier.verify(token)
+        after, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        await verifier.aclose()
+        append(section, f"token cache at its bound ({bound} tokens), memory held", (full - base) / 2**20, "MiB")
+        append(section, "memory held per cached token", (full - base) / bound / 1024, "KiB")
+        append(
+            section,
+            f"growth after {len(overflow)} more distinct tokens past the bound",
+            (after - full) / 2**20,
+            "MiB",
+        )
+    section.notes.append(
+        "Measured with tracemalloc (Python allocations: the cached identity, its claims and the token string kept "
+        "as the key). Tokens are minted before tracing starts; the growth past the bound should be about zero."
+    )
+
+
+def append(section: Section, label: str, value: float, unit: str) -> None:
+    try:
+        section.find(label).samples.append(value)
+    except StopIteration:
+        section.add(label, unit, [value])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="500 requests per flood instead of 10,000")
+    parser.add_argument("--send", nargs=2, help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+    if arguments.send:
+        url, tokens_file = arguments.send
+        print(json.dumps(asyncio.run(flood_sender(url, json.loads(Path(tokens_file).read_text())))))
+        return
+    for section in asyncio.run(collect(arguments.quick)):
+        print(f"## {section.title}")
+        for figure in section.figures:
+            verdict = "" if figure.met is None else ("met" if figure.met else "MISSED")
+            print(f"{figure.label:<60} {figure.median:10.2f} {figure.unit:<8} {figure.target or ''} {verdict}")
+        for note in section.notes:
+            print(note)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

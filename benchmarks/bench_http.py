@@ -1,0 +1,423 @@
+"""The reference server end to end over real HTTP: bare against behind `guard()`, and its peak memory.
+
+    python benchmarks/bench_http.py [--quick]
+
+`examples/reference_server.py` runs under uvicorn in its own process, twice: its MCP app bare, and its `app` (the
+same MCP app behind `guard()` with a tool policy). Both run at once and are loaded in turn, round after round, so
+drift in the machine hits both alike. The load comes from other processes on loopback: `wrk` (one thread, one
+connection per caller, the callers' tokens in rotation) and an async `httpx` client script.
+
+Request shape: the modern protocol era, the cheapest realistic one: one POST per call, no session, no
+`initialize`, `MCP-Protocol-Version: 2026-07-28` with `Mcp-Method`/`Mcp-Name`, answered with plain JSON. Every request
+carries a `Cf-Access-Jwt-Assertion` from a `LocalAccess` running in this process (the bare server ignores it).
+Both servers log at WARNING: allow decisions are not written, as a deployment that logs refusals only runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench_common import Section
+from mcp_access_guard.jsonrpc import DEFAULT_MAX_BODY_BYTES
+from mcp_access_guard.testing import LocalAccess, free_port
+
+TITLE = "The stack end to end over HTTP"
+MEMORY_TITLE = "Memory"
+REPO = Path(__file__).resolve().parent.parent
+META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+METHODS = {
+    "tools/call": ({"name": "add", "arguments": {"a": 1, "b": 2}}, "add"),
+    "tools/list": ({}, None),
+}
+SERVERS = ("bare", "guarded")
+TARGET_RATIO = 0.95
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    seconds: float
+    callers: tuple[int, ...]
+    httpx_rounds: int
+    memory_rounds: int
+
+
+FULL = Plan(rounds=3, seconds=3.0, callers=(1, 10, 100), httpx_rounds=1, memory_rounds=3)
+QUICK = Plan(rounds=1, seconds=1.0, callers=(1, 10, 100), httpx_rounds=0, memory_rounds=1)
+
+
+def request_body(method: str) -> bytes:
+    params, _ = METHODS[method]
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": META}}).encode()
+
+
+def request_headers(method: str) -> dict[str, str]:
+    _, name = METHODS[method]
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": method,
+    }
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+# -- the servers ---------------------------------------------------------------------------------------------------
+
+
+def serve(kind: str, port: int) -> None:
+    """Run in the server process: the reference server, bare or guarded, under uvicorn."""
+    import logging
+
+    import uvicorn
+
+    sys.path.insert(0, str(REPO))
+    from examples import reference_server
+
+    for name in ("mcp_access_guard", "mcp", "uvicorn", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    app = reference_server.app if kind == "guarded" else reference_server.mcp.streamable_http_app()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+@dataclass
+class Server:
+    kind: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def memory_kib(self, field: str) -> int:
+        """VmRSS (now) or VmHWM (peak so far) of the server process, from /proc (Linux)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no {field} for the server process")
+
+
+@contextmanager
+def running_servers(issuer: LocalAccess) -> Iterator[dict[str, Server]]:
+    env = {
+        **os.environ,
+        "TEAM_DOMAIN": issuer.url,
+        "POLICY_AUD": issuer.audience,
+        # generate_image is restricted to this caller, so the memory test can send it the largest body.
+        "ALLOWED_EMAILS": "alice@example.com",
+    }
+    servers: dict[str, Server] = {}
+    try:
+        for kind in SERVERS:
+            port = free_port()
+            process = subprocess.Popen(
+                [sys.executable, __file__, "--serve", kind, "--port", str(port)], env=env, cwd=REPO
+            )
+            servers[kind] = Server(kind, port, process)
+        for server in servers.values():
+            wait_until_listening(server)
+        yield servers
+    finally:
+        for server in servers.values():
+            server.process.terminate()
+        for server in servers.values():
+            server.process.wait(timeout=10)
+
+
+def wait_until_listening(server: Server, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the {server.kind} server exited with {server.process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the {server.kind} server did not start within {timeout} s")
+
+
+# -- wrk -----------------------------------------------------------------------------------------------------------
+
+
+def wrk_script(method: str, tokens: Sequence[str]) -> str:
+    headers = {**request_headers(method), "Cf-Access-Jwt-Assertion": "TOKEN"}
+    lua_headers = ", ".join(f'["{name}"] = "{value}"' for name, value in headers.items() if value != "TOKEN")
+    lua_tokens = ",\n".join(f'"{token}"' for token in tokens)
+    body = request_body(method).decode().replace("\\", "\\\\").replace('"', '\\"')
+    # One Lua state (wrk -t1): the callers' tokens in rotation across the connections.
+    return f"""
+local tokens = {{
+{lua_tokens}
+}}
+local body = "{body}"
+local count = 0
+request = function()
+  count = count + 1
+  local headers = {{ {lua_headers} }}
+  headers["Cf-Access-Jwt-Assertion"] = tokens[(count % #tokens) + 1]
+  return wrk.format("POST", "/mcp", headers, body)
+end
+"""
+
+
+@dataclass(frozen=True)
+class Load:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+
+
+_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Load:
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    output = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if bad or "Socket errors" in output:
+        raise RuntimeError(f"wrk saw failed requests against {url}:\n{output}")
+
+    def latency(percent: str) -> float:
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        assert match is not None, output
+        return float(match.group(1)) * _WRK_UNITS[match.group(2)]
+
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    assert rate is not None, output
+    return Load(float(rate.group(1)), latency("50"), latency("99"))
+
+
+# -- the async httpx load generator (runs in its own process) -----------------------------------------------------
+
+
+async def httpx_load(url: str, method: str, tokens: Sequence[str], seconds: float) -> dict[str, float]:
+    """One task per caller, each with its own token, each sending its next request when the last one is answered."""
+    body, headers = request_body(method), request_headers(method)
+    latencies: list[float] = []
+    failures = 0
+    limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        deadline = time.perf_counter() + seconds
+
+        async def caller(token: str) -> None:
+            nonlocal failures
+            caller_headers = {**headers, "Cf-Access-Jwt-Assertion": token}
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                response = await client.post(url, content=body, headers=caller_headers)
+                latencies.append(time.perf_counter() - started)
+                failures += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(token) for token in tokens))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "failures": failures,
+    }
+
+
+def run_httpx_load(url: str, method: str, tokens_file: Path, callers: int, seconds: float) -> Load:
+    output = subprocess.run(
+        [sys.executable, __file__, "--load", url, method, str(tokens_file), str(callers), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    if result["failures"]:
+        raise RuntimeError(f"{result['failures']} requests failed against {url}")
+    return Load(result["rps"], result["p50_ms"], result["p99_ms"])
+
+
+# -- the run -------------------------------------------------------------------------------------------------------
+
+
+def collect_sync(quick: bool = False) -> list[Section]:
+    plan = QUICK if quick else FULL
+    section = Section(TITLE)
+    memory = Section(MEMORY_TITLE)
+    if shutil.which("wrk") is None:
+        section.notes.append("`wrk` is not installed (Debian: `apt-get install wrk`): only the httpx client ran.")
+    with LocalAccess() as issuer, tempfile.TemporaryDirectory() as scratch:
+        tokens = [issuer.user_token(f"caller{index}@example.com") for index in range(max(plan.callers))]
+        tokens_file = Path(scratch, "tokens.json")
+        tokens_file.write_text(json.dumps(tokens))
+        scripts = {}
+        for method in METHODS:
+            for callers in plan.callers:
+                scripts[method, callers] = Path(scratch, f"{method.replace('/', '_')}-{callers}.lua")
+                scripts[method, callers].write_text(wrk_script(method, tokens[:callers]))
+        with running_servers(issuer) as servers:
+            for server in servers.values():
+                warm_up(server, tokens)
+            generators = (["wrk"] if shutil.which("wrk") else []) + (["httpx"] if plan.httpx_rounds else [])
+            if not generators:
+                generators = ["httpx"]
+            for generator in generators:
+                rounds = plan.rounds if generator == "wrk" else max(plan.httpx_rounds, 1)
+                measure(section, generator, servers, plan, rounds, scripts, tokens_file)
+        for _ in range(plan.memory_rounds):
+            measure_memory(memory, issuer)
+    section.notes.append(
+        f"{plan.rounds} wrk rounds of {plan.seconds:g} s per cell (bare and guarded alternating within each round); "
+        "wrk runs one thread with one connection per caller; p50/p99 from wrk's latency distribution."
+    )
+    memory.notes.append(
+        f"Peak RSS (VmHWM) of a fresh server process after one {DEFAULT_MAX_BODY_BYTES} byte tools/call "
+        "(the largest body the tool-policy layer reads; the tool echoes it back), over "
+        f"{plan.memory_rounds} fresh process pair(s)."
+    )
+    return [section, memory]
+
+
+def warm_up(server: Server, tokens: Sequence[str]) -> None:
+    with httpx.Client() as client:
+        for method in METHODS:
+            for token in tokens:
+                response = client.post(
+                    server.url,
+                    content=request_body(method),
+                    headers={**request_headers(method), "Cf-Access-Jwt-Assertion": token},
+                )
+                assert response.status_code == 200, f"{server.kind}: {response.status_code} {response.text[:200]}"
+
+
+def measure(
+    section: Section,
+    generator: str,
+    servers: dict[str, Server],
+    plan: Plan,
+    rounds: int,
+    scripts: dict[tuple[str, int], Path],
+    tokens_file: Path,
+) -> None:
+    results: dict[tuple[str, int, str], list[Load]] = {}
+    for round_number in range(rounds):
+        for method in METHODS:
+            for callers in plan.callers:
+                # Alternate which server goes first, so neither always runs on a machine just warmed by the other.
+                order = SERVERS if round_number % 2 == 0 else SERVERS[::-1]
+                for kind in order:
+                    url = servers[kind].url
+                    if generator == "wrk":
+                        load = run_wrk(url, scripts[method, callers], callers, plan.seconds)
+                    else:
+                        load = run_httpx_load(url, method, tokens_file, callers, plan.seconds)
+                    results.setdefault((method, callers, kind), []).append(load)
+    for method in METHODS:
+        for callers in plan.callers:
+            prefix = f"{generator}: {method}, {callers} caller{'s' if callers > 1 else ''}"
+            bare = results[method, callers, "bare"]
+            guarded = results[method, callers, "guarded"]
+            section.add(f"{prefix}, bare", "req/s", [load.requests_per_second for load in bare])
+            rates = [load.requests_per_second for load in guarded]
+            figure = section.add(f"{prefix}, guarded", "req/s", rates, baseline=f"{prefix}, bare")
+            figure.target = f">= {TARGET_RATIO:.0%} of bare"
+            ratio = section.ratio(figure)
+            figure.met = ratio is not None and ratio >= TARGET_RATIO
+            for quantile in ("p50", "p99"):
+                attribute = f"{quantile}_ms"
+                section.add(f"{prefix}, bare {quantile}", "ms", [getattr(load, attribute) for load in bare])
+                section.add(
+                    f"{prefix}, guarded {quantile}",
+                    "ms",
+                    [getattr(load, attribute) for load in guarded],
+                    baseline=f"{prefix}, bare {quantile}",
+                )
+
+
+def measure_memory(section: Section, issuer: LocalAccess) -> None:
+    token = issuer.user_token("alice@example.com")
+    framing = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "generate_image"}}
+    empty = json.dumps({**framing, "params": {**framing["params"], "arguments": {"prompt": ""}, "_meta": META}})
+    prompt = "x" * (DEFAULT_MAX_BODY_BYTES - len(empty))
+    body = json.dumps({**framing, "params": {**framing["params"], "arguments": {"prompt": prompt}, "_meta": META}})
+    assert len(body) == DEFAULT_MAX_BODY_BYTES
+    headers = {**request_headers("tools/call"), "Mcp-Name": "generate_image", "Cf-Access-Jwt-Assertion": token}
+    with running_servers(issuer) as servers, httpx.Client(timeout=60) as client:
+        for server in servers.values():
+            warm_up(server, [token])
+        peaks = {}
+        for kind, server in servers.items():
+            before = server.memory_kib("VmHWM")
+            response = client.post(server.url, content=body.encode(), headers=headers)
+            assert response.status_code == 200, response.text[:200]
+            assert len(response.content) > len(prompt), "the tool did not get the whole body"
+            peaks[kind] = (before, server.memory_kib("VmHWM"))
+    for kind, (before, peak) in peaks.items():
+        append(section, f"server peak RSS with a 4 MiB tools/call, {kind}", peak / 1024, kind)
+        append(section, f"server peak RSS growth for the 4 MiB call, {kind}", (peak - before) / 1024, kind)
+
+
+def append(section: Section, label: str, value: float, kind: str) -> None:
+    """Add a sample to a memory figure, made on first use; the guarded figure is a ratio to the bare one."""
+    try:
+        section.find(label).samples.append(value)
+    except StopIteration:
+        baseline = label.replace(", guarded", ", bare") if kind == "guarded" else None
+        section.add(label, "MiB", [value], baseline=baseline)
+
+
+async def collect(quick: bool = False) -> list[Section]:
+    return await asyncio.to_thread(collect_sync, quick)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter loads, one round, for a smoke run")
+    parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+    if arguments.serve:
+        serve(arguments.serve, arguments.port)
+        return
+    if arguments.load:
+        url, method, tokens_file, callers, seconds = arguments.load
+        tokens = json.loads(Path(tokens_file).read_text())[: int(callers)]
+        print(json.dumps(asyncio.run(httpx_load(url, method, tokens, float(seconds)))))
+        return
+    for section in collect_sync(arguments.quick):
+        print(f"## {section.title}")
+        for figure in section.figures:
+            ratio = section.ratio(figure)
+            ratio_text = f"{ratio:5.2f}x" if ratio is not None else " base"
+            spread = f"{figure.low:.1f}-{figure.high:.1f}"
+            print(f"{figure.label:<48} {figure.median:9.1f} {figure.unit:<5} ({spread}) {ratio_text}")
+        for note in section.notes:
+            print(note)
+        print()
+
+
+if __name__ == "__main__":
+    main()
