@@ -1,7 +1,7 @@
 """Every benchmark in one run: prints a table and writes `benchmarks/results.md`.
 
     python benchmarks/run.py            # full run, under ten minutes
-    python benchmarks/run.py --quick    # smoke run, about a minute
+    python benchmarks/run.py --quick    # smoke run, about a minute; prints only (or --output FILE)
 
 Needs `pip install -e '.[bench]'` for the peers, and `wrk` (Debian: `apt-get install wrk`) for the HTTP load;
 what is missing is reported, not dropped. Every figure is a median over kept rounds (warm-up discarded) with its
@@ -158,16 +158,22 @@ async def collect(quick: bool) -> list[Section]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run, about a minute")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the markdown report")
+    parser.add_argument(
+        "--output", type=Path, help="where to write the markdown report (default: results.md, for a full run only)"
+    )
     arguments = parser.parse_args(argv)
+    # The committed results.md comes from a full run; a quick run writes a report only where it is asked to.
+    output = arguments.output or (None if arguments.quick else RESULTS)
     logging.getLogger("mcp_access_guard").setLevel(logging.CRITICAL)
     started = time.perf_counter()
     sections = asyncio.run(collect(arguments.quick))
     scripts = {name: run_script(name, flag, arguments.quick) for name, flag in SCRIPTS if flag or not arguments.quick}
     elapsed = time.perf_counter() - started
     print_sections(sections)
-    arguments.output.write_text(markdown(sections, scripts, arguments.quick, elapsed))
-    print(f"\nwrote {arguments.output.name} ({elapsed:.0f} s)")
+    if output is not None:
+        output.write_text(markdown(sections, scripts, arguments.quick, elapsed))
+        print(f"\nwrote {output.name}", end=" ")
+    print(f"({elapsed:.0f} s)")
 
 
 if __name__ == "__main__":
