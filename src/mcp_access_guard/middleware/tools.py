@@ -18,7 +18,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mcp.shared.inbound import (
@@ -100,7 +100,7 @@ class ToolPolicyMiddleware:
             await self.app(scope, receive, send)
             return
 
-        headers = _RequestHeaders.of(scope)
+        headers = _RequestHeaders(scope["headers"])
         identity = current_identity()
         try:
             _refuse_other_encodings(headers)
@@ -113,6 +113,9 @@ class ToolPolicyMiddleware:
             await _send_refusal(refusal, send)
             return
 
+        if verdict is None:
+            await self.app(scope, replaying(body, receive), send)
+            return
         if verdict.body is not body or verdict.mcp_name is not None:
             scope = dict(scope, headers=_forwarded_headers(scope, verdict))
         if verdict.rewrite is None and verdict.marker is None:
@@ -123,7 +126,8 @@ class ToolPolicyMiddleware:
 
     def _inspect(
         self, headers: _RequestHeaders, body: bytes, identity: AccessIdentity | None, scope: Scope
-    ) -> _Verdict:
+    ) -> _Verdict | None:
+        """What to do with the request; None (the common case) means: forward it as it came."""
         message = parse_json_body(body)
         if isinstance(message, list):
             raise RejectedRequest(400, INVALID_REQUEST, "Batch requests are not accepted", "batch")
@@ -132,28 +136,36 @@ class ToolPolicyMiddleware:
         method = message.get("method")
         _check_routing_headers(headers, message, method)
         if method is None:
-            return _Verdict(body)  # a client's response to a server request: nothing to decide
+            return None  # a client's response to a server request: nothing to decide
         if not isinstance(method, str):
             raise RejectedRequest(400, INVALID_REQUEST, "JSON-RPC method must be a string", "method_not_string")
-        if method not in _GUARDED_METHODS and _looks_like_guarded(method):
-            raise RejectedRequest(400, INVALID_REQUEST, "Unrecognised method spelling", "method_spelling")
+        if method not in _GUARDED_METHODS:
+            if _looks_like_guarded(method):
+                raise RejectedRequest(400, INVALID_REQUEST, "Unrecognised method spelling", "method_spelling")
+            return None
 
-        if method in _TARGETED:
-            return self._inspect_targeted(scope, body, message, method, identity)
-        if method in _LISTINGS:
-            family, list_key, name_key = _LISTINGS[method]
-            if "id" in message and self.policy.covers(family):
-                keep = self._keeper(family, name_key, identity)
-                log_decision(
-                    scope, layer=LAYER, decision="allow", reason="listing_filtered", principal=_principal(identity)
-                )
-                return _Verdict(body, rewrite=listing_filter(message["id"], list_key, keep))
-        return _Verdict(body)
+        targeted = _TARGETED.get(method)
+        if targeted is not None:
+            return self._inspect_targeted(scope, body, message, method, targeted, identity)
+        family, list_key, name_key = _LISTINGS[method]
+        if "id" in message and self.policy.covers(family):
+            keep = self._keeper(family, name_key, identity)
+            log_decision(
+                scope, layer=LAYER, decision="allow", reason="listing_filtered", principal=_principal(identity)
+            )
+            return _Verdict(body, rewrite=listing_filter(message["id"], list_key, keep))
+        return None
 
     def _inspect_targeted(
-        self, scope: Scope, body: bytes, message: dict[str, Any], method: str, identity: AccessIdentity | None
-    ) -> _Verdict:
-        family, key, marker_in_front = _TARGETED[method]
+        self,
+        scope: Scope,
+        body: bytes,
+        message: dict[str, Any],
+        method: str,
+        targeted: tuple[Family, str, bool],
+        identity: AccessIdentity | None,
+    ) -> _Verdict | None:
+        family, key, marker_in_front = targeted
         params = message.get("params")
         target = params.get(key) if isinstance(params, dict) else None
         if not isinstance(target, str):
@@ -168,7 +180,7 @@ class ToolPolicyMiddleware:
             tool=target,
         )
         if allowed:
-            return _Verdict(body)
+            return None
         # Letters, digits and hyphens only: no encoder escapes them, so the app echoes the marker byte for byte.
         marker = f"-denied-{secrets.token_hex(16)}"
         marked_text = mark_string(body.decode("utf-8"), ("params", key), marker, prefix=marker_in_front)
@@ -176,10 +188,12 @@ class ToolPolicyMiddleware:
         return _Verdict(marked_text.encode("utf-8"), marker=marker.encode("ascii"), mcp_name=marked)
 
     def _keeper(self, family: Family, name_key: str, identity: AccessIdentity | None) -> Callable[[Any], bool]:
+        decide = self.policy.decide  # called once per listed entry
+
         def keep(entry: Any) -> bool:
             name = entry.get(name_key) if isinstance(entry, dict) else None
             # An entry we cannot name is not one we can vouch for.
-            return isinstance(name, str) and self.policy.decide(family, name, identity)[0]
+            return isinstance(name, str) and decide(family, name, identity)[0]
 
         return keep
 
@@ -189,43 +203,46 @@ def _principal(identity: AccessIdentity | None = None) -> str | None:
     return identity.principal if identity is not None else None
 
 
-@dataclass(slots=True)
+_MCP_METHOD = MCP_METHOD_HEADER.encode("latin-1")
+_MCP_NAME = MCP_NAME_HEADER.encode("latin-1")
+
+
 class _RequestHeaders:
-    """The request headers this layer reads, collected in one pass over the raw list (repeats kept)."""
+    """The request headers this layer reads, collected in one pass over the raw list (repeats kept).
 
-    content_length: str | None = None
-    content_type: str = ""
-    content_encodings: list[str] = field(default_factory=list)
-    mcp_methods: list[str] = field(default_factory=list)
-    mcp_names: list[str] = field(default_factory=list)
+    Names are compared as the raw bytes ASGI gives (lower case); only the few values read are decoded.
+    """
 
-    @classmethod
-    def of(cls, scope: Scope) -> _RequestHeaders:
-        headers = cls()
-        for raw_name, raw_value in scope["headers"]:
-            if raw_name in _READ_HEADERS:
-                name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-                if name == "content-length":
-                    headers.content_length = value
-                elif name == "content-type":
-                    headers.content_type = value
-                elif name == "content-encoding":
-                    headers.content_encodings.append(value)
-                elif name == MCP_METHOD_HEADER:
-                    headers.mcp_methods.append(value)
-                else:
-                    headers.mcp_names.append(value)
-        return headers
+    __slots__ = ("content_encodings", "content_length", "content_type", "mcp_methods", "mcp_names")
 
-
-_READ_HEADERS = frozenset({b"content-length", b"content-type", b"content-encoding", b"mcp-method", b"mcp-name"})
+    def __init__(self, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.content_length: str | None = None
+        self.content_type = ""
+        self.content_encodings: list[str] = []
+        self.mcp_methods: list[str] = []
+        self.mcp_names: list[str] = []
+        for name, value in raw_headers:
+            if name == b"content-length":
+                self.content_length = value.decode("latin-1")
+            elif name == b"content-type":
+                self.content_type = value.decode("latin-1")
+            elif name == _MCP_METHOD:
+                self.mcp_methods.append(value.decode("latin-1"))
+            elif name == _MCP_NAME:
+                self.mcp_names.append(value.decode("latin-1"))
+            elif name == b"content-encoding":
+                self.content_encodings.append(value.decode("latin-1"))
 
 
 def _refuse_other_encodings(headers: _RequestHeaders) -> None:
     # The SDK reads raw UTF-8 bytes; a proxy or another server might inflate them or honour a charset first.
     # Either way the body would be read two ways, so only one reading is accepted.
-    if any(encoding.strip().lower() not in ("", "identity") for encoding in headers.content_encodings):
+    if headers.content_encodings and any(
+        encoding.strip().lower() not in ("", "identity") for encoding in headers.content_encodings
+    ):
         raise RejectedRequest(415, INVALID_REQUEST, "Content-Encoding is not accepted on requests", "content_encoding")
+    if ";" not in headers.content_type:
+        return
     for parameter in headers.content_type.split(";")[1:]:
         name, _, value = parameter.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
@@ -239,6 +256,8 @@ def _looks_like_guarded(method: str) -> bool:
 
 def _check_routing_headers(headers: _RequestHeaders, message: dict[str, Any], method: Any) -> None:
     """`Mcp-Method` and `Mcp-Name` are hints a server or proxy may route on: they must say what the body says."""
+    if not headers.mcp_methods and not headers.mcp_names:
+        return
     for header, values in ((MCP_METHOD_HEADER, headers.mcp_methods), (MCP_NAME_HEADER, headers.mcp_names)):
         if len(values) > 1:
             raise RejectedRequest(400, HEADER_MISMATCH, f"{header} header appears more than once", "header_repeated")
