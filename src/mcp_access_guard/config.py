@@ -143,42 +143,17 @@ class AccessConfig:
         team = normalise_team_domain(arguments["team_domain"], names["team_domain"])
         certs_url = arguments["certs_url"]
         certs = normalise_certs_url(certs_url, names["certs_url"]) if certs_url else team + CERTS_PATH
-        leeway = arguments["leeway"]
-        keys_max_age = arguments["keys_max_age"]
-        refetch_cooldown = arguments["refetch_cooldown"]
-        stale_window = arguments["stale_window"]
-        fetch_timeout = arguments["fetch_timeout"]
-        max_certs_bytes = arguments["max_certs_bytes"]
-        max_token_bytes = arguments["max_token_bytes"]
-        token_cache_size = arguments["token_cache_size"]
-        for name, number in (
-            ("leeway", leeway),
-            ("keys_max_age", keys_max_age),
-            ("refetch_cooldown", refetch_cooldown),
-            ("stale_window", stale_window),
-        ):
-            if number < 0:
-                raise ConfigError(f"{name}={number!r}: expected a number of seconds, 0 or more")
-        for name, number in (
-            ("fetch_timeout", fetch_timeout),
-            ("max_certs_bytes", max_certs_bytes),
-            ("max_token_bytes", max_token_bytes),
-            ("token_cache_size", token_cache_size),
-        ):
-            if number <= 0:
-                raise ConfigError(f"{name}={number!r}: expected a number above 0")
+        for name in _DURATIONS:
+            if arguments[name] < 0:
+                raise ConfigError(f"{name}={arguments[name]!r}: expected a number of seconds, 0 or more")
+        for name in _POSITIVE:
+            if arguments[name] <= 0:
+                raise ConfigError(f"{name}={arguments[name]!r}: expected a number above 0")
         values = {
+            **{name: arguments[name] for name in (*_DURATIONS, *_POSITIVE)},
             "team_domain": team,
             "audiences": normalise_audiences(arguments["audiences"], names["audiences"]),
             "certs_url": certs,
-            "leeway": leeway,
-            "keys_max_age": keys_max_age,
-            "refetch_cooldown": refetch_cooldown,
-            "stale_window": stale_window,
-            "fetch_timeout": fetch_timeout,
-            "max_certs_bytes": max_certs_bytes,
-            "max_token_bytes": max_token_bytes,
-            "token_cache_size": token_cache_size,
         }
         for name, item in values.items():
             object.__setattr__(self, name, item)
@@ -189,6 +164,8 @@ class AccessConfig:
         return self.team_domain
 
 
+_DURATIONS = ("leeway", "keys_max_age", "refetch_cooldown", "stale_window")
+_POSITIVE = ("fetch_timeout", "max_certs_bytes", "max_token_bytes", "token_cache_size")
 _ARGUMENT_NAMES = {name: name for name in ("team_domain", "audiences", "certs_url")}
 _ENVIRONMENT_NAMES = {"team_domain": "TEAM_DOMAIN", "audiences": "POLICY_AUD", "certs_url": "ACCESS_CERTS_URL"}
 _DEFAULTS: Mapping[str, Any] = {
