@@ -50,8 +50,7 @@ from .config import (
     normalise_audiences,
     normalise_team_domain,
 )
-from .identity import AccessIdentity
-from .middleware.service_token import SERVICE_TOKEN_SUFFIX
+from .identity import SERVICE_TOKEN_SUFFIX, AccessIdentity
 from .verifier import AccessDenied, AccessVerifier
 
 Mark = Literal["ok", "FAIL", "warn", "info"]

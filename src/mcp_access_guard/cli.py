@@ -115,6 +115,7 @@ def _duration(value: str) -> int:
 
 
 def run_token(args: argparse.Namespace) -> int:
+    from .identity import SERVICE_TOKEN_SUFFIX
     from .testing import LocalAccess
 
     try:
@@ -129,7 +130,8 @@ def run_token(args: argparse.Namespace) -> int:
             return _fail(f"--email {args.email!r}: expected an email address")
         token = issuer.user_token(args.email, groups=args.group, expires_in=args.expires_in)
     else:
-        client_id = args.service_token if args.service_token.endswith(".access") else f"{args.service_token}.access"
+        suffix = "" if args.service_token.endswith(SERVICE_TOKEN_SUFFIX) else SERVICE_TOKEN_SUFFIX
+        client_id = args.service_token + suffix
         claims = {"groups": args.group} if args.group else None
         token = issuer.service_token(client_id, expires_in=args.expires_in, claims=claims)
     print(token)

@@ -16,6 +16,8 @@ from starlette.authentication import AuthCredentials
 from starlette.types import Scope
 
 SCOPE_STATE_KEY = "access_identity"
+# Every Cloudflare service-token client id ends in this.
+SERVICE_TOKEN_SUFFIX = ".access"
 
 _current_identity: ContextVar[AccessIdentity | None] = ContextVar("mcp_access_guard_identity", default=None)
 

@@ -11,14 +11,12 @@ from typing import Any, Literal, TypeVar, cast
 
 from mcp_types import CallToolResult, TextContent
 
-from .identity import AccessIdentity, current_identity
-
-_SERVICE_TOKEN_SUFFIX = ".access"
+from .identity import SERVICE_TOKEN_SUFFIX, AccessIdentity, current_identity
 
 
 def _client_id_key(client_id: str) -> str:
     # Cloudflare's client ids end in ".access"; accept them configured with or without it.
-    return client_id.strip().lower().removesuffix(_SERVICE_TOKEN_SUFFIX)
+    return client_id.strip().lower().removesuffix(SERVICE_TOKEN_SUFFIX)
 
 
 def _domain_key(domain: str) -> str:

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..audit import log_decision
-from ..identity import AccessIdentity, bind_identity
+from ..identity import SERVICE_TOKEN_SUFFIX, AccessIdentity, bind_identity
 
 LAYER = "service_token"
 DEFAULT_SECRET_HEADER = "Cf-Access-Guard-Secret"
@@ -34,7 +34,6 @@ CLIENT_ID_HEADER = "cf-access-client-id"
 CLIENT_SECRET_HEADER = "cf-access-client-secret"
 _CLIENT_ID = CLIENT_ID_HEADER.encode()
 _CLIENT_SECRET = CLIENT_SECRET_HEADER.encode()
-SERVICE_TOKEN_SUFFIX = ".access"
 
 SWAPPED_HINT = "CF-Access-Client-Id and CF-Access-Client-Secret look swapped: the client id ends in .access"
 QUOTED_HINT = "a credential header carries stray quotes or whitespace; send the bare value"
