@@ -13,6 +13,15 @@ import time
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How long to measure: rounds of `iterations` calls, the first `warmup` rounds discarded."""
+
+    rounds: int
+    warmup: int
+    iterations: int
+
+
 @dataclass
 class Figure:
     """One measured quantity: its kept samples (warm-up already dropped), and what it is compared with."""

@@ -28,20 +28,13 @@ from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.hashes import SHA256
 
-from bench_common import LagTicker, Section
+from bench_common import LagTicker, Plan, Section
 from mcp_access_guard import AccessVerifier
 from mcp_access_guard.testing import CERTS_PATH, LocalAccess
 
 TITLE = "Verification against the floor and the peers"
 FLOOR = "RSA-2048 PKCS#1 v1.5 verify, cryptography (floor)"
 SLOW_KEYS_SECONDS = 0.25
-
-
-@dataclass(frozen=True)
-class Plan:
-    rounds: int
-    warmup: int
-    iterations: int
 
 
 FULL = Plan(rounds=12, warmup=2, iterations=200)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bench_common import Plan
 from mcp_access_guard.config import CORSSettings, GuardConfig, ServiceTokenSettings
 from mcp_access_guard.middleware.access import AccessJWTMiddleware
 from mcp_access_guard.middleware.cors import CORSAllowlistMiddleware
@@ -42,13 +43,6 @@ HOST = "mcp.example.com"
 SHARED_SECRET = "bench-not-a-real-secret"
 BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}'
 ANSWER = b'{"ok":true}'
-
-
-@dataclass(frozen=True)
-class Plan:
-    rounds: int
-    warmup: int
-    iterations: int
 
 
 FULL = Plan(rounds=20, warmup=3, iterations=5000)
