@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .middleware.access import AccessJWTMiddleware
 from .middleware.cors import CORSAllowlistMiddleware
 from .middleware.paths import HEALTH_PATH, PathAllowlistMiddleware
-from .middleware.service_token import ServiceTokenMiddleware
+from .middleware.service_token import CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, ServiceTokenMiddleware
 from .middleware.tools import ToolPolicyMiddleware
 from .settings import GuardConfig
 
@@ -38,6 +38,8 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
         app = ServiceTokenMiddleware(
             app, header=secret.header, secrets=secret.secrets, client_credentials=secret.client_credentials
         )
+    else:
+        app = _DropServiceTokenHeaders(app)
     if config.cors is not None:
         cors = config.cors
         app = CORSAllowlistMiddleware(
@@ -53,3 +55,23 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
         health = config.paths.health and HEALTH_PATH in config.paths.allow
         app = PathAllowlistMiddleware(app, allow=config.paths.allow, health=health)
     return app
+
+
+_SERVICE_TOKEN_HEADERS = frozenset({CLIENT_ID_HEADER.encode(), CLIENT_SECRET_HEADER.encode()})
+
+
+class _DropServiceTokenHeaders:
+    """With the service-token layer off, `CF-Access-Client-Id` and `-Secret` still never reach the app, as with it
+    on: a credential that nothing here checks is not the app's to read, log or pass on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = scope["headers"]
+            # ASGI names are lower-case bytes; one that is not still must not slip through.
+            if any(name.lower() in _SERVICE_TOKEN_HEADERS for name, _ in headers):
+                kept = [(name, value) for name, value in headers if name.lower() not in _SERVICE_TOKEN_HEADERS]
+                scope = {**scope, "headers": kept}
+        await self.app(scope, receive, send)
