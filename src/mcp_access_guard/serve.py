@@ -102,8 +102,8 @@ def load_config(
 def build_guarded_app(
     spec: str, app_dir: str, config_path: str | None, environ: Mapping[str, str], dev_issuer: tuple[str, str] | None
 ) -> tuple[ASGIApp, GuardConfig]:
-    config = load_config(config_path, environ, dev_issuer=dev_issuer)
     app = import_app(spec, app_dir)
+    config = load_config(config_path, environ, dev_issuer=dev_issuer)
     try:
         return guard(app, config), config
     except ValueError as exc:  # a layer refused a setting (a weak secret, a reserved header name)
@@ -150,6 +150,9 @@ def _serve(args: argparse.Namespace, cleanup: ExitStack) -> None:
 
         issuer = cleanup.enter_context(running_issuer())
         dev_issuer = (issuer.url, issuer.audience)
+        # The served app may read its Access settings from the environment itself, as a real deployment does.
+        os.environ.update(TEAM_DOMAIN=issuer.url, POLICY_AUD=issuer.audience)
+        os.environ.pop("ACCESS_CERTS_URL", None)
     # Built here even with several workers: a bad app or configuration fails now, in one line.
     app, config = build_guarded_app(args.app, os.getcwd(), args.config, os.environ, dev_issuer)
     if config.access is None:

@@ -39,7 +39,7 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
             app, header=secret.header, secrets=secret.secrets, client_credentials=secret.client_credentials
         )
     else:
-        app = _DropServiceTokenHeaders(app)
+        app = DropServiceTokenHeaders(app)
     if config.cors is not None:
         cors = config.cors
         app = CORSAllowlistMiddleware(
@@ -60,7 +60,7 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
 _SERVICE_TOKEN_HEADERS = frozenset({CLIENT_ID_HEADER.encode(), CLIENT_SECRET_HEADER.encode()})
 
 
-class _DropServiceTokenHeaders:
+class DropServiceTokenHeaders:
     """With the service-token layer off, `CF-Access-Client-Id` and `-Secret` still never reach the app, as with it
     on: a credential that nothing here checks is not the app's to read, log or pass on."""
 
