@@ -17,7 +17,8 @@ logger = logging.getLogger("mcp_access_guard")
 
 
 def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
-    """Wrap `app` so a request passes paths -> CORS -> shared secret -> Access JWT -> tool policy -> app.
+    """Wrap `app` so a request passes paths -> CORS -> shared secret -> Access JWT -> tool policy -> app. With no
+    shared secret configured, that layer's place only takes the service-token headers off.
 
     Built from the inside out: the last layer wrapped is the first a request meets.
     """
