@@ -300,3 +300,16 @@ async def test_service_token_headers_never_reach_the_app(
     assert "cf-access-client-secret" not in seen
     assert client_secret not in json.dumps(seen)
     assert seen[ASSERTION.lower()]  # the rest arrives as sent
+
+
+@pytest.mark.anyio
+async def test_service_token_headers_in_any_case_are_dropped_with_the_layer_off() -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        seen.append(scope["headers"])
+
+    headers = [(b"CF-Access-Client-Secret", b"x" * 20), (b"cf-access-client-id", b"robot.access"), (b"accept", b"*/*")]
+    await DropServiceTokenHeaders(app)({"type": "http", "headers": headers}, None, None)  # type: ignore[arg-type]
+    await DropServiceTokenHeaders(app)({"type": "http", "headers": headers[2:]}, None, None)  # type: ignore[arg-type]
+    assert seen == [[(b"accept", b"*/*")], [(b"accept", b"*/*")]]
