@@ -58,11 +58,20 @@ class RedisStore:
         self._increment = client.register_script(_INCREMENT)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 5.0) -> RedisStore:
-        """`redis://` or `rediss://` (TLS), as redis-py reads them (`/N` picks the database). Connects on first use;
-        `timeout` bounds each connect and each reply."""
-        client = aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        return cls(client, prefix=prefix)
+    def from_url(
+        cls, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 5.0, max_connections: int = 50
+    ) -> RedisStore:
+        """`redis://` or `rediss://` (TLS), as redis-py reads them (`/N` picks the database). Connects on first use.
+        `timeout` bounds each connect, each reply, and the wait for one of the `max_connections` pooled connections
+        (a burst beyond the pool waits its turn rather than failing)."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        return cls(aioredis.Redis.from_pool(pool), prefix=prefix)
 
     def __repr__(self) -> str:
         # Never the URL: it may hold a password.
