@@ -45,7 +45,11 @@ def _milliseconds(seconds: float) -> int:
 
 class RedisStore:
     """The store on a `redis.asyncio.Redis` client (which must not decode responses). Values live under
-    `prefix + "v:"` and counters under `prefix + "n:"`, so one Redis can serve other uses too."""
+    `prefix + "v:"` and counters under `prefix + "n:"`, so one Redis can serve other uses too.
+
+    redis-py retries a command whose connection failed; a retried command whose first reply was lost fails closed
+    (a `take` finds nothing, an `add` or compare-and-swap reports False, a counter counts twice).
+    """
 
     def __init__(self, client: aioredis.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
