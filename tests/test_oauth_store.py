@@ -324,7 +324,7 @@ async def test_sqlite_warns_about_an_existing_file_others_can_read(
     store = SQLiteStore(path)
     with caplog.at_level(logging.WARNING, logger="mcp_access_guard"):
         await store.put("k", b"v", ttl=LONG)
-    assert "readable by other users" in caplog.text
+    assert "open to other users (mode 644)" in caplog.text
     await store.aclose()
 
 

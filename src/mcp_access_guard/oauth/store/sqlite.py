@@ -96,15 +96,16 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         # Created here with 0600 before SQLite opens it; SQLite would create it with the umask's mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        if stat.S_IMODE(os.stat(self.path).st_mode) & 0o077:
-            logger.warning("the OAuth store file %s is readable by other users: chmod 600 it", self.path)
+        mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        if mode & 0o077:
+            logger.warning("the OAuth store file %s is open to other users (mode %o): chmod 600 it", self.path, mode)
         connection = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            (mode,) = connection.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode != "wal":
-                raise sqlite3.OperationalError(f"the file system refused WAL mode (journal mode {mode})")
+            (journal,) = connection.execute("PRAGMA journal_mode=WAL").fetchone()
+            if journal != "wal":
+                raise sqlite3.OperationalError(f"the file system refused WAL mode (journal mode {journal})")
             # With WAL, NORMAL still survives a crash of the process; only a power loss may undo the last commits.
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
