@@ -13,8 +13,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import TextContent
 
 from mcp_access_guard import ConfigError, current_identity
-from mcp_access_guard.config import CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
 from mcp_access_guard.policy import Rule, ToolPolicy
+from mcp_access_guard.settings import CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import LocalAccess, serve
 from support import INITIALIZE, MCP_HEADERS
