@@ -71,19 +71,24 @@ def toml_document(key: str, snippet: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read(case: Refusal, tmp_path: Path) -> None:
+    """Read `case` the way its reader would at start-up."""
+    if case.reader == "toml":
+        path = tmp_path / "guard.toml"
+        path.write_text(toml_document(case.key, case.value))
+        GuardConfig.from_toml(path, environ={})
+    elif case.reader == "env":
+        GuardConfig.from_env({**BASE_ENV, **case.extra_env, case.key: case.value})
+    elif case.key == "max_body_bytes":
+        GuardConfig(access=AccessConfig("myteam", AUD), max_body_bytes=toml_value(case.value))
+    else:
+        arguments: dict[str, Any] = {"team_domain": "myteam", "audiences": AUD, case.key: toml_value(case.value)}
+        AccessConfig(**arguments)
+
+
 def refuse(case: Refusal, tmp_path: Path) -> ConfigError:
     with pytest.raises(ConfigError) as raised:
-        if case.reader == "toml":
-            path = tmp_path / "guard.toml"
-            path.write_text(toml_document(case.key, case.value))
-            GuardConfig.from_toml(path, environ={})
-        elif case.reader == "env":
-            GuardConfig.from_env({**BASE_ENV, **case.extra_env, case.key: case.value})
-        elif case.key == "max_body_bytes":
-            GuardConfig(access=AccessConfig("myteam", AUD), max_body_bytes=toml_value(case.value))
-        else:
-            arguments: dict[str, Any] = {"team_domain": "myteam", "audiences": AUD, case.key: toml_value(case.value)}
-            AccessConfig(**arguments)
+        read(case, tmp_path)
     return raised.value
 
 

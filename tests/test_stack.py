@@ -197,7 +197,8 @@ def test_from_toml_turns_layers_off_and_on(tmp_path: Path) -> None:
         "[access]\nteam_domain = 'myteam'\naudiences = '" + "a" * 64 + "'\ncookie = true\n"
         "allow = { email_domains = ['example.com'] }\n"
         "[paths]\nenabled = false\n[cors]\nallowed_hosts = ['mcp.example.com']\n"
-        "[service_token]\nsecrets = ['secret-one-0123456', 'secret-two-0123456']\nclient_credentials = { 'abc.access' = 'client-secret-0123456' }\n"
+        "[service_token]\nsecrets = ['secret-one-0123456', 'secret-two-0123456']\n"
+        "client_credentials = { 'abc.access' = 'client-secret-0123456' }\n"
     )
     config = GuardConfig.from_toml(path)
     assert config.paths is None
