@@ -69,7 +69,12 @@ def normalise_audiences(
 ) -> tuple[str, ...]:
     """One AUD tag, a comma-separated string of them, or a list of them -> a tuple, each checked. An empty entry
     (`"a,,b"`, what `"$NEW,$OLD"` becomes when one is unset) is refused rather than skipped."""
-    items = value.split(",") if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ConfigError(f"{setting}: expected one AUD tag or a list of them, got {type(value).__name__}")
     if not all(isinstance(item, str) for item in items):
         raise ConfigError(f"{setting}: expected AUD tags as strings")
     stripped = [item.strip() for item in items]
@@ -136,7 +141,7 @@ class AccessConfig:
         assign(self, "team_domain", team_domain)
         # from_env has checked (and warned about) its tags under the variable's name already.
         assign(self, "audiences", normalise_audiences(audiences, warn=not isinstance(audiences, _CheckedAudiences)))
-        assign(self, "certs_url", normalise_certs_url(certs_url) if certs_url else team_domain + CERTS_PATH)
+        assign(self, "certs_url", team_domain + CERTS_PATH if certs_url is None else normalise_certs_url(certs_url))
         assign(self, "leeway", check_number("leeway", leeway, 0, 600))
         assign(self, "keys_max_age", check_number("keys_max_age", keys_max_age, 0, 86_400))
         assign(self, "refetch_cooldown", check_number("refetch_cooldown", refetch_cooldown, 0, 3600))

@@ -8,15 +8,15 @@ import logging
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .config import AccessConfig, ConfigError, check_whole
 from .jsonrpc import DEFAULT_MAX_BODY_BYTES
-from .middleware.cors import DEFAULT_MCP_ORIGINS
-from .middleware.paths import HEALTH_PATH
-from .middleware.service_token import DEFAULT_SECRET_HEADER
+from .middleware.cors import DEFAULT_MCP_ORIGINS, HostPattern, validated_origins
+from .middleware.paths import HEALTH_PATH, parse_allow_entry
+from .middleware.service_token import DEFAULT_SECRET_HEADER, check_secret, check_secret_header
 from .policy import Rule, ToolPolicy
 
 logger = logging.getLogger("mcp_access_guard")
@@ -244,40 +244,37 @@ class _Document:
         access_config = None if dev and access.empty else self._access_config(access)
 
         paths = _Table(self, "paths")
-        path_settings = (
-            PathSettings(allow=paths.texts("allow", DEFAULT_PATHS), health=paths.flag("health", True))
-            if paths.flag("enabled", True)
-            else None
+        # A layer that is off still has its keys read and checked: a mistake there is reported, not hidden.
+        paths_on = paths.flag("enabled", True)
+        path_settings = PathSettings(
+            allow=paths.texts("allow", DEFAULT_PATHS, each=parse_allow_entry), health=paths.flag("health", True)
         )
         paths.finish()
 
         cors = _Table(self, "cors")
-        cors_settings = (
-            CORSSettings(
-                allow_origins=cors.texts("allow_origins", DEFAULT_MCP_ORIGINS),
-                extra_origins=cors.texts("extra_origins", ()),
-                allowed_hosts=cors.texts("allowed_hosts", None, nonempty=True),
-                trust_forwarded_host=cors.flag("trust_forwarded_host", False),
-                allow_credentials=cors.flag("allow_credentials", False),
-            )
-            if cors.flag("enabled", True)
-            else None
+        cors_on = cors.flag("enabled", True)
+        cors_settings = CORSSettings(
+            allow_origins=cors.texts("allow_origins", DEFAULT_MCP_ORIGINS, each=_one_origin),
+            extra_origins=cors.texts("extra_origins", (), each=_one_origin),
+            allowed_hosts=cors.texts("allowed_hosts", None, nonempty=True, each=HostPattern.parse),
+            trust_forwarded_host=cors.flag("trust_forwarded_host", False),
+            allow_credentials=cors.flag("allow_credentials", False),
         )
         cors.finish()
 
         secret = _Table(self, "service_token")
         service_token = ServiceTokenSettings(
-            header=secret.text("header", DEFAULT_SECRET_HEADER),
+            header=secret.text("header", DEFAULT_SECRET_HEADER, each=check_secret_header),
             # An empty list would switch the layer off: leave the key out for that, never configure it empty.
-            secrets=secret.texts("secrets", (), nonempty=True),
+            secrets=secret.texts("secrets", (), nonempty=True, each=_one_secret),
             client_credentials=secret.text_mapping("client_credentials"),
         )
         secret.finish()
 
         return GuardConfig(
             access=access_config,
-            paths=path_settings,
-            cors=cors_settings,
+            paths=path_settings if paths_on else None,
+            cors=cors_settings if cors_on else None,
             service_token=service_token,
             allow=allow,
             cookie=cookie,
@@ -363,15 +360,32 @@ class _Table:
             raise self._wrong(key, value, "true or false (unquoted)")
         return value
 
-    def text(self, key: str, default: Any) -> Any:
+    def _check(self, key: str, value: str, each: Callable[[str], object] | None) -> str:
+        # The layer's own check, run now so that a bad value stops start-up with its source named.
+        if each is not None:
+            try:
+                each(value)
+            except ValueError as exc:
+                raise ConfigError(f"{self.source(key)}: {exc}") from None
+        return value
+
+    def text(self, key: str, default: Any, *, each: Callable[[str], object] | None = None) -> Any:
         value = self._take(key)
         if value is None:
             return default
         if not isinstance(value, str) or not value.strip():
             raise self._wrong(key, value, "a non-empty string")
-        return value.strip()
+        return self._check(key, value.strip(), each)
 
-    def texts(self, key: str, default: Any, *, nonempty: bool = False, allow_one: bool = False) -> Any:
+    def texts(
+        self,
+        key: str,
+        default: Any,
+        *,
+        nonempty: bool = False,
+        allow_one: bool = False,
+        each: Callable[[str], object] | None = None,
+    ) -> Any:
         value = self._take(key)
         if value is None:
             return default
@@ -381,7 +395,7 @@ class _Table:
             raise self._wrong(key, value, "a list of non-empty strings")
         if nonempty and not value:
             raise ConfigError(f"{self.source(key)} is an empty list: leave the key out instead")
-        return tuple(item.strip() for item in value)
+        return tuple(self._check(key, item.strip(), each) for item in value)
 
     def number(self, key: str, default: float) -> float:
         value = self._take(key)
@@ -417,6 +431,8 @@ class _Table:
             or not all(isinstance(item, str) and item.strip() for item in (*value, *value.values()))
         ):
             raise self._wrong(key, value, "a non-empty table of client id = secret strings")
+        for client_secret in value.values():
+            self._check(key, client_secret, _one_client_secret)
         return dict(value)
 
     def rule_fields(self, key: str) -> dict[str, list[str]]:
@@ -446,10 +462,22 @@ class _Table:
             raise ConfigError(f"unknown key(s) {', '.join(self.source(key) for key in sorted(self.values))}")
 
 
+def _one_origin(origin: str) -> None:
+    validated_origins([origin])
+
+
+def _one_secret(secret: str) -> None:
+    check_secret("secret", secret)
+
+
+def _one_client_secret(secret: str) -> None:
+    check_secret("client secret", secret)
+
+
 def _named(error: ConfigError, table: _Table, keys: tuple[str, ...]) -> ConfigError:
     """`error`, whose message names an argument (`leeway=nan: ...`), with where that value came from in front."""
     message = str(error)
     for key in keys:
         if message.startswith((f"{key}=", f"{key} ")):
-            return ConfigError(f"{table.source(key)}: {message.removeprefix(key)}")
+            return ConfigError(f"{table.source(key)}{message.removeprefix(key)}")
     return error

@@ -90,20 +90,18 @@ def _check_configured(kind: str, value: str) -> None:
         raise ValueError(f"a configured {kind} is empty or has stray quotes or whitespace")
 
 
-def _check_secret(kind: str, value: str) -> None:
+def check_secret(kind: str, value: str) -> None:
     _check_configured(kind, value)
     if len(value) < MIN_SECRET_LENGTH:
         raise ValueError(f"a configured {kind} is shorter than {MIN_SECRET_LENGTH} characters: too easy to guess")
 
 
-def _check_header_name(header: str) -> str:
+def check_secret_header(header: str) -> str:
     name = header.strip().lower() if isinstance(header, str) else ""
     if not _HEADER_NAME.fullmatch(name):
         raise ValueError(f"the shared-secret header {header!r} is not a valid header name")
     if name in _RESERVED_HEADERS or name.startswith(("x-forwarded-", "proxy-", "sec-")):
-        raise ValueError(
-            f"the shared-secret header {header!r} must not be a header with a meaning of its own"
-        )
+        raise ValueError(f"the shared-secret header {header!r} must not be a header with a meaning of its own")
     return name
 
 
@@ -143,13 +141,13 @@ class ServiceTokenMiddleware:
         if not secrets and not client_credentials:
             raise ValueError("ServiceTokenMiddleware needs secrets or client_credentials (fail closed)")
         for secret in secrets:
-            _check_secret("secret", secret)
+            check_secret("secret", secret)
         for client_id, client_secret in client_credentials.items():
             _check_configured("client id", client_id)
-            _check_secret("client secret", client_secret)
+            check_secret("client secret", client_secret)
             if client_secret.endswith(SERVICE_TOKEN_SUFFIX) and not client_id.endswith(SERVICE_TOKEN_SUFFIX):
                 raise ValueError("client_credentials look swapped: map the client id (ending in .access) to its secret")
-        self.header = _check_header_name(header)
+        self.header = check_secret_header(header)
         self.app = app
         self._secret_digests = tuple(_digest(secret.encode()) for secret in secrets)
         self._credential_digests = tuple(
