@@ -263,7 +263,7 @@ def test_secrets_of_a_file_that_fails_to_load_are_not_printed(
     assert "[service_token] secrets: expected a list of non-empty strings, got str" in failure
 
 
-def test_a_configuration_serve_would_refuse_fails(
+def test_a_weak_secret_is_refused_and_not_printed(
     configured: LocalAccess, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     weak = "twelve-chars"
@@ -273,6 +273,26 @@ def test_a_configuration_serve_would_refuse_fails(
     captured = capsys.readouterr()
 
     assert status == 1
-    [refused] = [line for line in lines(captured.out, "FAIL") if "serve would refuse" in line]
-    assert "shorter than 16 characters" in refused
+    [refused] = lines(captured.out, "FAIL")
+    assert "GUARD_SECRETS: a configured secret is shorter than 16 characters" in refused
     assert weak not in captured.out + captured.err
+
+
+def test_a_configuration_serve_would_refuse_fails(
+    local_access: LocalAccess, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Read without complaint, refused when the stack is built: the pair is the wrong way round.
+    swapped_secret = secrets.token_hex(12)
+    guard_toml = tmp_path / "guard.toml"
+    guard_toml.write_text(
+        f'[access]\nteam_domain = "{local_access.url}"\naudiences = ["{local_access.audience}"]\n'
+        f'[service_token.client_credentials]\n"{swapped_secret}" = "robot-client-id.access"\n'
+    )
+
+    status = check("--config", str(guard_toml))
+    captured = capsys.readouterr()
+
+    assert status == 1
+    [refused] = [line for line in lines(captured.out, "FAIL") if "serve would refuse" in line]
+    assert "client_credentials look swapped" in refused
+    assert swapped_secret not in captured.out + captured.err

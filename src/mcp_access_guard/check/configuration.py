@@ -65,7 +65,8 @@ async def check_configuration(
         report.fail(str(exc))
         return None, None
     shared = config.service_token
-    report.never_print(*shared.secrets, *shared.client_credentials.values())
+    # Client ids too: a pair written the wrong way round has its secret on the left.
+    report.never_print(*shared.secrets, *shared.client_credentials, *shared.client_credentials.values())
     if config.access is None:
         report.fail(
             f"dev mode ({names.dev}) with no Access configuration: nothing is verified, anyone who reaches the "
