@@ -91,9 +91,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "groups": st.sampled_from([["eng"], ["\udfff"], "eng", None, [1]]),
 }
 DROPPED = object()
-EDIT = st.sampled_from(sorted(VALUES)).flatmap(
-    lambda name: st.tuples(st.just(name), st.just(DROPPED) | VALUES[name])
-)
+EDIT = st.sampled_from(sorted(VALUES)).flatmap(lambda name: st.tuples(st.just(name), st.just(DROPPED) | VALUES[name]))
 EDITS = st.lists(EDIT, max_size=4).map(dict)
 
 

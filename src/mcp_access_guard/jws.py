@@ -45,7 +45,9 @@ class AccessDenied(Exception):
         self.detail = detail
 
 
-ReasonT = TypeVar("ReasonT", bound=str)
+# Covariant: a problem with one of a few reasons is a problem of any profile whose reasons include them.
+ReasonT = TypeVar("ReasonT", bound=str, covariant=True)
+TimeReason = Literal["malformed", "expired", "not_yet_valid"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +200,7 @@ def seconds(value: Any) -> int | None:
     return None
 
 
-def time_problems(claims: Mapping[str, Any], leeway: float, now: float) -> Iterator[ClaimProblem[Reason]]:
+def time_problems(claims: Mapping[str, Any], leeway: float, now: float) -> Iterator[ClaimProblem[TimeReason]]:
     """exp, then nbf and iat, where present, each with `leeway` of clock skew."""
     exp = claims.get("exp", _ABSENT)
     if exp is not _ABSENT:
