@@ -143,11 +143,11 @@ class AccessOIDC:
         try:
             status, body = await self._exchange("GET", url)
         except UpstreamUnavailable as failure:
-            raise UpstreamUnavailable(f"discovery document {url}: {failure.detail}") from None
+            raise self._failed(UpstreamUnavailable(f"discovery {url}: {failure.detail}"), "discovery_failed") from None
         except UpstreamInvalid as failure:
             raise UpstreamMisconfigured(f"the discovery document at {url} cannot be read: {failure.detail}") from None
         if status >= 500 or status == 429:
-            raise UpstreamUnavailable(f"discovery document {url}: HTTP {status}")
+            raise self._failed(UpstreamUnavailable(f"discovery {url}: HTTP {status}"), "discovery_failed")
         if status != 200:
             raise UpstreamMisconfigured(
                 f"the discovery document at {url} answered HTTP {status} (redirects are not followed): is the "
