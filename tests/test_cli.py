@@ -354,15 +354,16 @@ def test_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.access.team_domain, config.access.audiences) == (TEAM, (AUD,))
 
 
-def test_environment_fills_a_file_with_no_access_table(tmp_path: Path) -> None:
+def test_environment_fills_what_the_file_leaves_out(tmp_path: Path) -> None:
     path = tmp_path / "guard.toml"
     path.write_text('[tools.generate_image]\nemails = ["alice@example.com"]\n')
-    env = {"TEAM_DOMAIN": "myteam", "POLICY_AUD": AUD, "GUARD_SECRETS": "ignored-with-a-file"}
+    env = {"TEAM_DOMAIN": "myteam", "POLICY_AUD": AUD, "GUARD_SECRETS": "kept-from-the-environment"}
     config = serve_module.load_config(str(path), env, dev_issuer=False)
     assert config.access is not None
     assert config.access.team_domain == TEAM
     assert config.tools is not None
-    assert not config.service_token.enabled  # the file decides everything but a missing [access]
+    # A secret kept in the environment, as examples/guard.toml advises, is not dropped because a file is used.
+    assert config.service_token.secrets == ("kept-from-the-environment",)
     with pytest.raises(ConfigError, match="TEAM_DOMAIN"):
         serve_module.load_config(str(path), {"TEAM_DOMAIN": "http://example.com", "POLICY_AUD": AUD}, dev_issuer=False)
     with pytest.raises(ConfigError):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mcp_access_guard import ConfigError, Rule
-from mcp_access_guard.oauth import AccessSaaSConfig, OAuthConfig, StoreLocation, parse_store
+from mcp_access_guard.oauth import DEFAULT_STORE_URL, AccessSaaSConfig, OAuthConfig, open_store
 
 CLIENT_ID = "4f1d7c2a9b3e4d5f8a6b7c8d9e0f1a2b"
 CLIENT_SECRET = "c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2"
@@ -217,8 +217,7 @@ def test_from_env_with_defaults() -> None:
     assert config.callback_url == "https://mcp.example.com/oauth/callback"
     assert config.upstream == AccessSaaSConfig.from_env(upstream_env())
     assert config.secret_key == SECRET_KEY
-    assert config.store == "sqlite:///mcp-access-guard-oauth.db"
-    assert config.store_location == StoreLocation("sqlite", path="mcp-access-guard-oauth.db")
+    assert config.store == DEFAULT_STORE_URL
     assert (config.access_token_ttl, config.refresh_token_ttl) == (3600, 30 * 86400)
     assert (config.consent, config.dynamic_registration, config.allow) == ("always", True, None)
 
@@ -290,23 +289,25 @@ def test_cookie_encryption_key_refusals(key: str, says: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("store", "location"),
+    "store",
     [
-        ("memory:", StoreLocation("memory")),
-        ("sqlite:///grants.db", StoreLocation("sqlite", path="grants.db")),
-        ("sqlite:////var/lib/guard/grants.db", StoreLocation("sqlite", path="/var/lib/guard/grants.db")),
-        ("redis://127.0.0.1:6379/0", StoreLocation("redis", url="redis://127.0.0.1:6379/0")),
-        (
-            f"rediss://guard:{REDIS_SECRET}@redis.internal:6380/2",
-            StoreLocation("redis", url=f"rediss://guard:{REDIS_SECRET}@redis.internal:6380/2"),
-        ),
+        "memory:",
+        "sqlite:///grants.db",
+        "sqlite:////var/lib/guard/grants.db",
+        "redis://127.0.0.1:6379/0",
+        f"rediss://guard:{REDIS_SECRET}@redis.internal:6380/2",
     ],
 )
-def test_store_shapes(store: str, location: StoreLocation) -> None:
+def test_store_shapes(store: str) -> None:
     config = OAuthConfig.from_env(oauth_env(GUARD_OAUTH_STORE=store))
-    assert config.store_location == location
+    assert config.store == store
     assert REDIS_SECRET not in repr(config)
-    assert REDIS_SECRET not in repr(config.store_location)
+
+
+def test_the_store_setting_opens_the_store_it_names() -> None:
+    assert (
+        type(open_store(OAuthConfig.from_env(oauth_env(GUARD_OAUTH_STORE="memory:")).store)).__name__ == "MemoryStore"
+    )
 
 
 @pytest.mark.parametrize(
@@ -333,9 +334,10 @@ def test_store_refusals_name_the_variable_and_hide_passwords(store: str) -> None
 
 def test_plain_redis_to_another_host_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="mcp_access_guard"):
-        parse_store("redis://redis.internal:6379/0", "GUARD_OAUTH_STORE")
-        parse_store("redis://127.0.0.1:6379/0", "GUARD_OAUTH_STORE")
+        OAuthConfig.from_env(oauth_env(GUARD_OAUTH_STORE="redis://redis.internal:6379/0"))
+        OAuthConfig.from_env(oauth_env(GUARD_OAUTH_STORE="redis://127.0.0.1:6379/0"))
     assert caplog.text.count("unencrypted") == 1
+    assert "GUARD_OAUTH_STORE uses redis:// to redis.internal" in caplog.text
 
 
 def test_secrets_are_not_in_the_repr() -> None:

@@ -27,7 +27,8 @@ import httpx
 import pytest
 
 from mcp_access_guard import GuardConfig
-from mcp_access_guard.config import AccessConfig, CORSSettings, PathSettings, ServiceTokenSettings
+from mcp_access_guard.config import AccessConfig
+from mcp_access_guard.settings import CORSSettings, PathSettings, ServiceTokenSettings
 from mcp_access_guard.testing import LocalAccess, free_port, serve
 from support import INITIALIZE, MCP_HEADERS
 
@@ -186,6 +187,7 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     import inspect
 
     from mcp_access_guard import config as config_module
+    from mcp_access_guard import settings as settings_module
 
     settings = set(inspect.signature(AccessConfig.__init__).parameters) - {"self"}
     for kind in (PathSettings, CORSSettings, ServiceTokenSettings, GuardConfig):
@@ -193,7 +195,12 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     settings -= {"access", "paths", "cors", "service_token", "tools", "allow"}
     missing = [name for name in sorted(settings) if f"`{name}`" not in README and f" {name}`" not in README]
     assert not missing, f"settings missing from the README: {missing}"
-    variables = set(re.findall(r'"((?:GUARD|ALLOWED|TEAM|POLICY|ACCESS)_[A-Z_]+)"', inspect.getsource(config_module)))
+    variables = set(
+        re.findall(
+            r'"((?:GUARD|ALLOWED|TEAM|POLICY|ACCESS)_[A-Z_]+)"',
+            inspect.getsource(config_module) + inspect.getsource(settings_module),
+        )
+    )
     variables |= {"ALLOWED_EMAIL_DOMAINS", "ALLOWED_SERVICE_TOKENS", "ALLOWED_GROUPS"}
     assert variables
     assert not [name for name in sorted(variables) if f"`{name}`" not in README]

@@ -13,8 +13,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import TextContent
 
 from mcp_access_guard import ConfigError, current_identity
-from mcp_access_guard.config import CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
 from mcp_access_guard.policy import Rule, ToolPolicy
+from mcp_access_guard.settings import CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import LocalAccess, serve
 from support import INITIALIZE, MCP_HEADERS
@@ -197,13 +197,14 @@ def test_from_toml_turns_layers_off_and_on(tmp_path: Path) -> None:
         "[access]\nteam_domain = 'myteam'\naudiences = '" + "a" * 64 + "'\ncookie = true\n"
         "allow = { email_domains = ['example.com'] }\n"
         "[paths]\nenabled = false\n[cors]\nallowed_hosts = ['mcp.example.com']\n"
-        "[service_token]\nsecrets = ['s1', 's2']\nclient_credentials = { 'abc.access' = 'xyz' }\n"
+        "[service_token]\nsecrets = ['secret-one-0123456', 'secret-two-0123456']\n"
+        "client_credentials = { 'abc.access' = 'client-secret-0123456' }\n"
     )
     config = GuardConfig.from_toml(path)
     assert config.paths is None
     assert config.cors == CORSSettings(allowed_hosts=("mcp.example.com",))
-    assert config.service_token.secrets == ("s1", "s2")
-    assert dict(config.service_token.client_credentials) == {"abc.access": "xyz"}
+    assert config.service_token.secrets == ("secret-one-0123456", "secret-two-0123456")
+    assert dict(config.service_token.client_credentials) == {"abc.access": "client-secret-0123456"}
     assert config.allow == Rule(email_domains=["example.com"])
     assert config.cookie
     assert "s1" not in repr(config)
@@ -221,7 +222,7 @@ def test_from_env_reads_every_variable() -> None:
             "GUARD_ALLOWED_HOSTS": "mcp.example.com,*.example.net",
             "GUARD_TRUST_FORWARDED_HOST": "true",
             "GUARD_SECRET_HEADER": "X-Tunnel-Secret",
-            "GUARD_SECRETS": "one,two",
+            "GUARD_SECRETS": "secret-one-0123456,secret-two-0123456",
             "ALLOWED_EMAILS": "alice@example.com, bob@example.com",
             "ALLOWED_EMAILS_TOOL": "generate_image",
         }
@@ -234,7 +235,9 @@ def test_from_env_reads_every_variable() -> None:
         allowed_hosts=("mcp.example.com", "*.example.net"),
         trust_forwarded_host=True,
     )
-    assert config.service_token == ServiceTokenSettings(header="X-Tunnel-Secret", secrets=("one", "two"))
+    assert config.service_token == ServiceTokenSettings(
+        header="X-Tunnel-Secret", secrets=("secret-one-0123456", "secret-two-0123456")
+    )
     assert config.tools is not None
     assert config.tools.rules == {"generate_image": Rule(emails=["alice@example.com", "bob@example.com"])}
 

@@ -45,12 +45,12 @@ from .config import (
     ACCESS_SUFFIX,
     AccessConfig,
     ConfigError,
-    GuardConfig,
     is_loopback,
     normalise_audiences,
     normalise_team_domain,
 )
 from .identity import SERVICE_TOKEN_SUFFIX, AccessIdentity
+from .settings import GuardConfig
 from .verifier import AccessDenied, AccessVerifier
 
 Mark = Literal["ok", "FAIL", "warn", "info"]

@@ -16,10 +16,10 @@ from mcp.server.mcpserver import MCPServer
 from mcp.shared.inbound import encode_header_value
 from mcp_types import CallToolResult, TextContent
 
-from .config import GuardConfig
 from .identity import current_identity
 from .middleware.access import ASSERTION_HEADER
 from .policy import ToolPolicy
+from .settings import GuardConfig
 from .stack import guard
 from .testing import LocalAccess, SigningKey, serve
 

@@ -16,7 +16,6 @@ import os
 import shlex
 import signal
 import sys
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +23,8 @@ from typing import Any, cast
 import uvicorn
 from starlette.types import ASGIApp
 
-from .config import AccessConfig, ConfigError, GuardConfig
+from .config import AccessConfig, ConfigError
+from .settings import GuardConfig
 from .stack import guard
 from .testing import LocalAccess
 
@@ -45,9 +45,8 @@ MODERN_PROTOCOL = "2026-07-28"
 
 CONFIG_HELP = """\
 Where the guard's settings come from:
-  --config FILE   the file decides every setting (shaped like examples/guard.toml). If it has no [access]
-                  table, TEAM_DOMAIN, POLICY_AUD and ACCESS_CERTS_URL from the environment fill it in; no other
-                  environment variable is read.
+  --config FILE   the file (shaped like examples/guard.toml) decides every setting it names; the environment
+                  (TEAM_DOMAIN, POLICY_AUD, GUARD_SECRETS, ...) fills in every setting the file leaves out.
   no --config     every setting comes from the environment (TEAM_DOMAIN, POLICY_AUD, GUARD_* ...; see the README).
   --dev           as above, except that Access is always the embedded dev issuer: the file's [access] team and
                   audience and TEAM_DOMAIN/POLICY_AUD are replaced by it (the file's other [access] keys still apply).
@@ -132,32 +131,21 @@ def import_app(spec: str, app_dir: str) -> ASGIApp:
 
 
 def load_config(config_path: str | None, environ: Mapping[str, str], *, dev_issuer: bool) -> GuardConfig:
-    """The precedence that CONFIG_HELP describes. With `dev_issuer`, Access comes from TEAM_DOMAIN/POLICY_AUD, which
-    the serving process has pointed at its embedded issuer."""
-    dev_access = AccessConfig.from_env(environ) if dev_issuer else None
-    if config_path:
-        return _config_from_file(config_path, environ, dev_access)
-    config = GuardConfig.from_env(environ)
-    return dataclasses.replace(config, access=dev_access) if dev_access else config
-
-
-def _config_from_file(path: str, environ: Mapping[str, str], dev_access: AccessConfig | None) -> GuardConfig:
-    try:
-        with open(path, "rb") as file:
-            document = tomllib.load(file)
-    except OSError as exc:
-        raise ServeError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ServeError(f"{path}: not valid TOML ({exc})") from None
-    access = dev_access
-    if access is None and "access" not in document and environ.get("TEAM_DOMAIN", "").strip():
-        access = AccessConfig.from_env(environ)  # its messages name the environment variables
-    if access is None:
-        return GuardConfig.from_toml(path)
-    table = dict(document.get("access") or {})
-    table.update(team_domain=access.team_domain, audiences=list(access.audiences), certs_url=access.certs_url)
-    # The file's own reader, given the file's tables with [access] filled in; it checks every key as from_toml does.
-    return GuardConfig.from_mapping({**document, "access": table}, path)
+    """`GuardConfig.load`'s precedence (the file, then the environment for what it leaves out). With `dev_issuer`,
+    the team and audience are the embedded issuer's, which the serving process put in TEAM_DOMAIN/POLICY_AUD; the
+    other Access settings stay as configured."""
+    config = GuardConfig.load(config_path, environ)
+    if not dev_issuer:
+        return config
+    dev_access = AccessConfig.from_env(environ)
+    if config.access is not None:
+        dev_access = dataclasses.replace(
+            config.access,
+            team_domain=dev_access.team_domain,
+            audiences=dev_access.audiences,
+            certs_url=dev_access.certs_url,
+        )
+    return dataclasses.replace(config, access=dev_access)
 
 
 def build_guarded_app(environ: Mapping[str, str]) -> ASGIApp:

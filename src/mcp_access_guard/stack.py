@@ -6,12 +6,12 @@ import logging
 
 from starlette.types import ASGIApp
 
-from .config import GuardConfig
 from .middleware.access import AccessJWTMiddleware
 from .middleware.cors import CORSAllowlistMiddleware
-from .middleware.paths import PathAllowlistMiddleware
+from .middleware.paths import HEALTH_PATH, PathAllowlistMiddleware
 from .middleware.service_token import ServiceTokenMiddleware
 from .middleware.tools import ToolPolicyMiddleware
+from .settings import GuardConfig
 
 logger = logging.getLogger("mcp_access_guard")
 
@@ -49,5 +49,7 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
             trust_forwarded_host=cors.trust_forwarded_host,
         )
     if config.paths is not None:
-        app = PathAllowlistMiddleware(app, allow=config.paths.allow, health=config.paths.health)
+        # Taking /health off the list takes it off the server, whatever `health` says.
+        health = config.paths.health and HEALTH_PATH in config.paths.allow
+        app = PathAllowlistMiddleware(app, allow=config.paths.allow, health=health)
     return app

@@ -1,7 +1,8 @@
 """OAuth mode: this server as the OAuth 2.1 authorization server for MCP clients, with a Cloudflare Access for SaaS
 application as the login behind it (DESIGN.md, "OAuth mode")."""
 
-from .config import AccessSaaSConfig, OAuthConfig, StoreLocation, parse_store
+from .config import AccessSaaSConfig, OAuthConfig
+from .crypto import DecryptionError, ValueCipher
 from .errors import (
     IdTokenReason,
     IdTokenRejected,
@@ -13,18 +14,32 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .id_token import IdTokenVerifier, id_token_problems
+from .store import (
+    DEFAULT_STORE_URL,
+    MemoryStore,
+    OAuthStore,
+    SQLiteStore,
+    StoreUnavailable,
+    open_store,
+    secret_key_id,
+)
 from .upstream import AccessOIDC, AuthorizationRequest, Discovery, UpstreamTokens
 
 __all__ = [
+    "DEFAULT_STORE_URL",
     "AccessOIDC",
     "AccessSaaSConfig",
     "AuthorizationRequest",
+    "DecryptionError",
     "Discovery",
     "IdTokenReason",
     "IdTokenRejected",
     "IdTokenVerifier",
+    "MemoryStore",
     "OAuthConfig",
-    "StoreLocation",
+    "OAuthStore",
+    "SQLiteStore",
+    "StoreUnavailable",
     "UpstreamDenied",
     "UpstreamError",
     "UpstreamInvalid",
@@ -32,6 +47,8 @@ __all__ = [
     "UpstreamRefused",
     "UpstreamTokens",
     "UpstreamUnavailable",
+    "ValueCipher",
     "id_token_problems",
-    "parse_store",
+    "open_store",
+    "secret_key_id",
 ]

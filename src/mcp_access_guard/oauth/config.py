@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -19,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
-from ..config import ConfigError, is_loopback
+from ..config import ConfigError, check_number, check_whole, is_loopback
 from ..policy import Rule
+from .store import DEFAULT_STORE_URL
 
 logger = logging.getLogger("mcp_access_guard")
 
@@ -29,9 +29,6 @@ logger = logging.getLogger("mcp_access_guard")
 MIN_SECRET_KEY_LENGTH = 32
 _MIN_SECRET_KEY_DISTINCT_CHARACTERS = 8
 DEFAULT_SCOPES = ("openid", "email", "profile")
-# The default store: a SQLite file in the working directory (SQLAlchemy's spelling: three slashes, then the path;
-# `sqlite:////var/lib/x.db` is absolute).
-DEFAULT_STORE = "sqlite:///mcp-access-guard-oauth.db"
 CONSENT_MODES = ("always", "once")
 # An Access for SaaS OIDC application's issuer is this path plus its client id.
 CLOUDFLARE_OIDC_PATH = "/cdn-cgi/access/sso/oidc/"
@@ -87,23 +84,6 @@ def _text(value: Any, setting: str) -> str:
     if not text.isprintable() or any(char.isspace() for char in text):
         raise ConfigError(f"{setting} holds spaces or control characters")
     return text
-
-
-def _number(value: Any, setting: str, *, minimum: float, allow_minimum: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{setting} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value < minimum or (value == minimum and not allow_minimum):
-        bound = f"{minimum:g} or more" if allow_minimum else f"above {minimum:g}"
-        raise ConfigError(f"{setting}={value!r}: expected a finite number, {bound}")
-    return value
-
-
-def _whole_number(value: Any, setting: str, *, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{setting} must be a whole number, not {type(value).__name__}")
-    if not 0 < value <= maximum:
-        raise ConfigError(f"{setting}={value!r}: expected a whole number above 0, at most {maximum}")
-    return value
 
 
 def _url(value: Any, setting: str) -> SplitResult:
@@ -271,12 +251,12 @@ class AccessSaaSConfig:
         object.__setattr__(self, "token_url", token)
         object.__setattr__(self, "jwks_url", jwks)
         object.__setattr__(self, "scopes", _scopes(scopes, _names(names, "scopes")))
-        object.__setattr__(self, "leeway", _number(leeway, _names(names, "leeway"), minimum=0))
-        object.__setattr__(self, "timeout", _number(timeout, _names(names, "timeout"), minimum=0, allow_minimum=False))
+        object.__setattr__(self, "leeway", check_number(_names(names, "leeway"), leeway, 0, 600))
+        object.__setattr__(self, "timeout", check_number(_names(names, "timeout"), timeout, 0.01, 120))
         object.__setattr__(
             self,
             "max_response_bytes",
-            _whole_number(max_response_bytes, _names(names, "max_response_bytes"), maximum=2**31),
+            check_whole(_names(names, "max_response_bytes"), max_response_bytes, 1024, 16 * 1024 * 1024),
         )
 
     @property
@@ -304,30 +284,18 @@ class AccessSaaSConfig:
 # -- this server: the authorization server for MCP clients -------------------------------------------------------
 
 
-StoreKind = Literal["memory", "sqlite", "redis"]
-
-
-@dataclass(frozen=True, slots=True)
-class StoreLocation:
-    """Where `store` says grants live: `memory`, a SQLite file `path`, or a Redis `url` (which may hold a
-    password, so it is out of the repr)."""
-
-    kind: StoreKind
-    path: str | None = None
-    url: str | None = field(default=None, repr=False)
-
-
-def parse_store(value: Any, setting: str = "store") -> StoreLocation:
-    """`memory:`, `sqlite:///relative/path`, `sqlite:////absolute/path`, `redis://...` or `rediss://...`."""
+def _store_url(value: Any, setting: str) -> str:
+    """`memory:`, `sqlite:///relative/path`, `sqlite:////absolute/path`, `redis://...` or `rediss://...`, checked
+    for shape here so the message names the setting; `open_store` builds the store from it."""
     text = _text(value, setting)
     expected = "expected memory:, sqlite:///PATH, redis://HOST[:PORT][/DB] or rediss://..."
     if text == "memory:":
-        return StoreLocation("memory")
+        return text
     if text.startswith("sqlite:///"):
         path = text.removeprefix("sqlite:///")
         if not path or "?" in path or "#" in path or path.endswith("/"):
             raise ConfigError(f"{setting}={text!r}: {expected}, where PATH names a file")
-        return StoreLocation("sqlite", path=path)
+        return text
     scheme = text.partition("://")[0]
     if scheme in ("redis", "rediss"):
         try:
@@ -343,7 +311,7 @@ def parse_store(value: Any, setting: str = "store") -> StoreLocation:
             logger.warning(
                 "%s uses redis:// to %s: grants cross the network unencrypted; prefer rediss://", setting, host
             )
-        return StoreLocation("redis", url=text)
+        return text
     raise ConfigError(f"{setting}={_without_credentials(text)!r}: {expected}")
 
 
@@ -440,8 +408,6 @@ class OAuthConfig:
         """`names` says what to call each setting in an error message (`from_env` passes the variable names)."""
         if not isinstance(upstream, AccessSaaSConfig):
             raise ConfigError(f"{_names(names, 'upstream')} must be an AccessSaaSConfig, not {type(upstream).__name__}")
-        store = DEFAULT_STORE if store is None else store
-        parse_store(store, _names(names, "store"))
         if consent not in CONSENT_MODES:
             raise ConfigError(f"{_names(names, 'consent')}={consent!r}: expected one of {', '.join(CONSENT_MODES)}")
         if not isinstance(dynamic_registration, bool):
@@ -450,17 +416,19 @@ class OAuthConfig:
         object.__setattr__(self, "public_url", _public_url(public_url, _names(names, "public_url")))
         object.__setattr__(self, "upstream", upstream)
         object.__setattr__(self, "secret_key", _secret_key(secret_key, _names(names, "secret_key")))
-        object.__setattr__(self, "store", store.strip())
+        object.__setattr__(
+            self, "store", DEFAULT_STORE_URL if store is None else _store_url(store, _names(names, "store"))
+        )
         object.__setattr__(self, "resource_path", _resource_path(resource_path, _names(names, "resource_path")))
         object.__setattr__(
             self,
             "access_token_ttl",
-            _whole_number(access_token_ttl, _names(names, "access_token_ttl"), maximum=MAX_ACCESS_TOKEN_TTL),
+            check_whole(_names(names, "access_token_ttl"), access_token_ttl, 1, MAX_ACCESS_TOKEN_TTL),
         )
         object.__setattr__(
             self,
             "refresh_token_ttl",
-            _whole_number(refresh_token_ttl, _names(names, "refresh_token_ttl"), maximum=MAX_REFRESH_TOKEN_TTL),
+            check_whole(_names(names, "refresh_token_ttl"), refresh_token_ttl, 1, MAX_REFRESH_TOKEN_TTL),
         )
         object.__setattr__(self, "consent", consent)
         object.__setattr__(self, "dynamic_registration", dynamic_registration)
@@ -487,10 +455,6 @@ class OAuthConfig:
     def callback_url(self) -> str:
         """The redirect URL to register in the Access for SaaS application."""
         return self.public_url + "/oauth/callback"
-
-    @property
-    def store_location(self) -> StoreLocation:
-        return parse_store(self.store)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OAuthConfig:
@@ -555,10 +519,7 @@ def _unset_name(key: str, where: str, table_name: str, variable: str, environ: o
 __all__ = [
     "CONSENT_MODES",
     "DEFAULT_SCOPES",
-    "DEFAULT_STORE",
     "MIN_SECRET_KEY_LENGTH",
     "AccessSaaSConfig",
     "OAuthConfig",
-    "StoreLocation",
-    "parse_store",
 ]
