@@ -1,8 +1,10 @@
-"""A local, Cloudflare-Access-compatible issuer for tests, examples and the demo.
+"""Local, Cloudflare-Access-compatible issuers for tests, examples and the demo.
 
 `LocalAccess` serves its signing keys over real HTTP on 127.0.0.1, in Cloudflare's exact shape, and mints
 application tokens in Cloudflare's exact shapes for users and service tokens. It can rotate and drop keys and
-simulate the faults a real key endpoint has. Never use its keys for anything but tests.
+simulate the faults a real key endpoint has. `LocalAccessSaaS` is an Access for SaaS (OIDC) application on
+127.0.0.1: discovery, a login that applies a policy, the token endpoint, keys and userinfo, with the switches and
+faults OAuth mode must handle. Never use their keys for anything but tests.
 """
 
 from __future__ import annotations
