@@ -289,6 +289,15 @@ async def test_signing_keys_unavailable_is_unavailable_not_a_bad_token(
         await log_in(oidc)
 
 
+async def test_answers_are_asked_for_uncompressed_so_the_size_bound_holds(
+    local_access_saas: LocalAccessSaaS, oidc: AccessOIDC
+) -> None:
+    # A server that compresses for clients that accept it: ours must not ask, or the bounded raw read (and the
+    # key cache sharing its HTTP client) would get gzip bytes where JSON belongs.
+    local_access_saas.compress = True
+    assert (await log_in(oidc)).identity is not None
+
+
 # -- the callback ------------------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import gzip
 import hashlib
 import hmac
 import json
@@ -524,7 +525,13 @@ class _SaaSHandler(_Handler):
 
     def _json(self, status: int, document: Any, headers: Mapping[str, str] | None = None) -> None:
         headers = {"Cache-Control": "no-store", **(headers or {})}
-        self._reply(status, json.dumps(document).encode(), "application/json", headers)
+        body = json.dumps(document).encode()
+        provider = self.server.service
+        assert isinstance(provider, LocalAccessSaaS)
+        if provider.compress and "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        self._reply(status, body, "application/json", headers)
 
     def _authorize(self, provider: LocalAccessSaaS, query: str) -> None:
         pairs = parse_qsl(query, keep_blank_values=True)
@@ -644,6 +651,8 @@ class LocalAccessSaaS(_LoopbackService):
         self.require_pkce = True
         self.token_auth_methods: tuple[str, ...] = ("client_secret_basic", "client_secret_post")
         self.advertise_token_auth_methods = True
+        # Compress JSON answers for clients that accept gzip, as a CDN in front of the application may.
+        self.compress = False
         # Faults.
         self.fault: SaaSFault | None = None
         self.fault_endpoints: set[SaaSEndpoint] | None = None
