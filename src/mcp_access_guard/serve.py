@@ -155,7 +155,7 @@ def _serve(args: argparse.Namespace, cleanup: ExitStack) -> None:
         os.environ.pop("ACCESS_CERTS_URL", None)
     # Built here even with several workers: a bad app or configuration fails now, in one line.
     app, config = build_guarded_app(args.app, os.getcwd(), args.config, os.environ, dev_issuer)
-    if config.access is None:
+    if config.access is None and config.oauth is None:
         _refuse_off_loopback(args, "open mode (no Access verification)")
         print(OPEN_MODE_BANNER.format(url=_url(args)), file=sys.stderr, flush=True)
     if args.workers > 1:

@@ -296,3 +296,29 @@ def test_a_configuration_serve_would_refuse_fails(
     [refused] = [line for line in lines(captured.out, "FAIL") if "serve would refuse" in line]
     assert "client_credentials look swapped" in refused
     assert swapped_secret not in captured.out + captured.err
+
+
+def test_oauth_mode_is_not_called_open_and_its_secrets_are_not_printed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client_id = "0123456789abcdef" * 4
+    issuer = f"https://myteam.cloudflareaccess.com/cdn-cgi/access/sso/oidc/{client_id}"
+    oauth_secrets = {"ACCESS_CLIENT_SECRET": secrets.token_hex(32), "COOKIE_ENCRYPTION_KEY": secrets.token_hex(32)}
+    for name, value in {
+        "ACCESS_CLIENT_ID": client_id,
+        "ACCESS_AUTHORIZATION_URL": f"{issuer}/authorization",
+        "ACCESS_TOKEN_URL": f"{issuer}/token",
+        "ACCESS_JWKS_URL": f"{issuer}/jwks",
+        "GUARD_PUBLIC_URL": "https://mcp.example.com",
+        "GUARD_DEV": "",
+        **oauth_secrets,
+    }.items():
+        monkeypatch.setenv(name, value)
+    status = check()
+    captured = capsys.readouterr()
+
+    assert status == 0, captured.out
+    assert not any("dev mode" in line for line in lines(captured.out, "FAIL"))
+    assert any("OAuth mode" in line for line in lines(captured.out, "info"))
+    for secret in oauth_secrets.values():
+        assert secret not in captured.out + captured.err

@@ -29,6 +29,8 @@ from .report import Report, library_logs_captured, without_query
 from .token import check_token, secret_parts
 from .url import check_url
 
+_OAUTH_SECRET_VARIABLES = ("ACCESS_CLIENT_SECRET", "COOKIE_ENCRYPTION_KEY")
+
 
 def run_check(args: argparse.Namespace) -> int:
     """Run the checks `args` ask for, print one line per finding, and return 0 only when none failed."""
@@ -44,6 +46,7 @@ def run_check(args: argparse.Namespace) -> int:
     if token is not None:
         report.never_print(*secret_parts(token))
     report.never_print(*(secret.strip() for secret in os.environ.get("GUARD_SECRETS", "").split(",")))
+    report.never_print(*(os.environ.get(name, "").strip() for name in _OAUTH_SECRET_VARIABLES))
     with library_logs_captured():
         anyio.run(_run, args, token, client_id, client_secret, report)
     report.summary()

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ..config import ACCESS_SUFFIX, AccessConfig, ConfigError, is_loopback, normalise_audiences, normalise_team_domain
+from ..config import ACCESS_SUFFIX, AccessConfig, ConfigError, is_loopback
 from ..jwks import KeyFetchFailure
 from ..settings import GuardConfig
 from ..stack import guard
@@ -53,8 +53,6 @@ async def check_configuration(
     elif needed or any(environ.get(name) for name in _CONFIGURATION_VARIABLES):
         report.section("configuration from the environment")
         names = ENVIRONMENT_NAMES
-        if not _each_variable_well_formed(report, environ):
-            return None, None
     else:
         report.section("configuration")
         report.info("none given (--config, or TEAM_DOMAIN and POLICY_AUD): only the URL is checked")
@@ -67,6 +65,14 @@ async def check_configuration(
     shared = config.service_token
     # Client ids too: a pair written the wrong way round has its secret on the left.
     report.never_print(*shared.secrets, *shared.client_credentials, *shared.client_credentials.values())
+    if config.oauth is not None:
+        report.never_print(config.oauth.upstream.client_secret, config.oauth.secret_key)
+        report.info(
+            "OAuth mode (Access for SaaS as the login): its settings are read and well-formed; this check does not "
+            "diagnose OAuth mode further"
+        )
+        report_stack(report, config, names)
+        return config, None
     if config.access is None:
         report.fail(
             f"dev mode ({names.dev}) with no Access configuration: nothing is verified, anyone who reaches the "
@@ -80,24 +86,6 @@ async def check_configuration(
     report_audiences(report, config.access.audiences, names)
     report_stack(report, config, names)
     return config, verifier
-
-
-def _each_variable_well_formed(report: Report, environ: Mapping[str, str]) -> bool:
-    """TEAM_DOMAIN and POLICY_AUD each on their own first, so that every bad one is named, not only the first."""
-    if environ.get("GUARD_DEV", "").strip().lower() in ("1", "true", "yes") and not environ.get("TEAM_DOMAIN"):
-        return True  # dev mode with no Access: reported as such once loaded
-    well_formed = True
-    try:
-        normalise_team_domain(environ.get("TEAM_DOMAIN", ""), "TEAM_DOMAIN")
-    except ConfigError as exc:
-        report.fail(str(exc))
-        well_formed = False
-    try:
-        normalise_audiences(environ.get("POLICY_AUD", ""), "POLICY_AUD", warn=False)
-    except ConfigError as exc:
-        report.fail(str(exc))
-        well_formed = False
-    return well_formed
 
 
 def report_team_domain(report: Report, access: AccessConfig, names: SettingNames) -> None:

@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 from ..config import ACCESS_SUFFIX, AccessConfig
 from ..identity import SERVICE_TOKEN_SUFFIX, AccessIdentity
+from ..jws import ClaimProblem, Reason
 from ..settings import GuardConfig
-from ..verifier import AccessDenied, AccessVerifier
+from ..verifier import AccessDenied, AccessVerifier, claim_problems
 from .report import (
     ANY_CASE_AUD_TAG,
     Report,
@@ -74,7 +75,7 @@ async def check_token(report: Report, raw: str, config: GuardConfig | None, veri
         )
         return
     now = time.time()
-    problems = claim_problems(untrusted.claims, config.access, now) if untrusted.problem is None else {}
+    problems = claim_problems_in_words(untrusted.claims, config.access, now) if untrusted.problem is None else {}
     try:
         identity = await verifier.verify(token)
     except AccessDenied as denied:
@@ -164,39 +165,23 @@ def _describe_claims(claims: Mapping[str, Any]) -> str:
 # -- what is wrong with the claims ----------------------------------------------------------------------------------
 
 
-def claim_problems(claims: Mapping[str, Any], access: AccessConfig, now: float) -> dict[str, str]:
-    """Every claim that would fail, keyed by the verifier's reason for it, each put into words and figures."""
-    reasons = _failing_claims(claims, access, now)
-    return {reason: _in_words(reason, claims, access, now) for reason in reasons}
+def claim_problems_in_words(claims: Mapping[str, Any], access: AccessConfig, now: float) -> dict[str, str]:
+    """Every reason the verifier finds in these claims (`verifier.claim_problems`, the rules it applies itself), each
+    put into words and figures; the first problem of each reason is the one described."""
+    problems: dict[str, str] = {}
+    for problem in claim_problems(claims, access, now):
+        problems.setdefault(problem.reason, _in_words(problem, claims, access, now))
+    return problems
 
 
-def _failing_claims(claims: Mapping[str, Any], access: AccessConfig, now: float) -> list[str]:
-    # The one place where check applies claim rules of its own, in the verifier's order. It is to become a call to
-    # the verifier's own list of a claim set's problems (`verifier.claim_problems`), which returns these reasons.
-    reasons = []
-    if claims.get("iss") != access.issuer:
-        reasons.append("wrong_issuer")
-    if claims.get("type") != "app":
-        reasons.append("wrong_token_type")
-    if _audience_problem(claims.get("aud"), access.audiences) is not None:
-        reasons.append("wrong_audience")
-    expires_at = number(claims.get("exp"))
-    if expires_at is not None and expires_at <= now - access.leeway:
-        reasons.append("expired")
-    if _future_date(claims, access, now) is not None:
-        reasons.append("not_yet_valid")
-    if expires_at is None or (not claims.get("email") and not claims.get("common_name")):
-        reasons.append("malformed")
-    return reasons
-
-
-def _in_words(reason: str, claims: Mapping[str, Any], access: AccessConfig, now: float) -> str:
+def _in_words(problem: ClaimProblem[Reason], claims: Mapping[str, Any], access: AccessConfig, now: float) -> str:
+    reason = problem.reason
     if reason == "wrong_issuer":
         return _issuer_problem(claims.get("iss"), access.issuer)
     if reason == "wrong_token_type":
         return _type_problem(claims.get("type"))
     if reason == "wrong_audience":
-        return _audience_problem(claims.get("aud"), access.audiences) or "its aud is not one of the configured ones"
+        return _audience_problem(claims.get("aud"), access.audiences)
     expires_at = number(claims.get("exp"))
     if reason == "expired" and expires_at is not None:
         return (
@@ -211,11 +196,11 @@ def _in_words(reason: str, claims: Mapping[str, Any], access: AccessConfig, now:
             f"{name} is {duration(moment - now)} in the future ({utc(moment)}): the clock of this machine or of "
             f"whatever made the token is wrong"
         )
-    if reason == "malformed" and expires_at is None:
+    if reason == "malformed" and "exp" not in claims:
         return "it has no exp (expiry) as a number of seconds"
-    if reason == "malformed":
+    if reason == "malformed" and not claims.get("email") and not claims.get("common_name"):
         return "it has neither email (a user) nor common_name (a service token)"
-    return reason
+    return problem.detail
 
 
 def _future_date(claims: Mapping[str, Any], access: AccessConfig, now: float) -> tuple[str, float] | None:
@@ -263,12 +248,10 @@ def _type_problem(token_type: Any) -> str:
     return f"type {show(token_type)}, where an Access application token has type app"
 
 
-def _audience_problem(aud: Any, configured: tuple[str, ...]) -> str | None:
+def _audience_problem(aud: Any, configured: tuple[str, ...]) -> str:
     tags = [aud] if isinstance(aud, str) else aud
     if not isinstance(tags, list) or not tags or not all(isinstance(tag, str) for tag in tags):
         return f"its aud is {show(aud)}, not an AUD tag or a list of them"
-    if not set(tags).isdisjoint(configured):
-        return None
     keep = distinguishing_length([*tags, *configured])
     return (
         f"audience {short_list(tags, keep)} is not one of the configured ones ({short_list(configured, keep)}): "
