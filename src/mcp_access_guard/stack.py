@@ -6,6 +6,7 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .config import ConfigError
 from .middleware.access import AccessJWTMiddleware
 from .middleware.cors import CORSAllowlistMiddleware
 from .middleware.paths import HEALTH_PATH, PathAllowlistMiddleware
@@ -22,6 +23,9 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
 
     Built from the inside out: the last layer wrapped is the first a request meets.
     """
+    if config.oauth is not None:
+        # Fail closed: a mode this stack cannot serve must not be served with no credential check at all.
+        raise ConfigError("OAuth mode (GuardConfig(oauth=...)) is not served by guard() in this version")
     if config.tools is not None:
         app = ToolPolicyMiddleware(app, config.tools, max_body_bytes=config.max_body_bytes)
     if config.access is not None:
