@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from mcp_access_guard.jwks import JWKSCache, KeysUnavailable
-from mcp_access_guard.testing import Fault, LocalAccess
+from mcp_access_guard.testing import Fault, LocalAccess, LocalAccessSaaS
 from support import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -301,3 +301,14 @@ async def test_each_failed_fetch_says_what_kind_of_failure_it_was(
     await cache.refresh()
     assert cache.last_failure is None  # a good fetch clears it
     await cache.aclose()
+
+
+async def test_keys_are_asked_for_uncompressed(local_access_saas: LocalAccessSaaS) -> None:
+    # A key server that compresses for clients that accept it (as CDNs do): the bounded raw read must get JSON.
+    local_access_saas.compress = True
+    cache = JWKSCache(local_access_saas.jwks_url)
+    try:
+        assert await cache.get(local_access_saas.current_key.kid) is not None
+        assert cache.last_failure is None
+    finally:
+        await cache.aclose()

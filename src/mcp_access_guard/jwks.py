@@ -184,7 +184,11 @@ class JWKSCache:
 
     async def _read_bounded(self, client: httpx.AsyncClient) -> bytes:
         async with client.stream(
-            "GET", self.certs_url, headers={"Accept": "application/json"}, timeout=self.timeout
+            "GET",
+            self.certs_url,
+            # Uncompressed: the size bound is on the bytes parsed, and a compressed answer would read as garbage.
+            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            timeout=self.timeout,
         ) as response:
             status = response.status_code
             if status != 200:
