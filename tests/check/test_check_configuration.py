@@ -7,8 +7,8 @@ import secrets
 from pathlib import Path
 
 import pytest
-from check_support import assert_token_not_shown, check, lines, run_configuration_check, run_token_check
 
+from check_support import assert_token_not_shown, check, lines, run_configuration_check, run_token_check
 from mcp_access_guard.testing import Fault, LocalAccess
 
 

@@ -8,8 +8,8 @@ import json
 import secrets
 
 import pytest
-from check_support import CLIENT_ID, assert_token_not_shown, check, lines, run_token_check
 
+from check_support import CLIENT_ID, assert_token_not_shown, check, lines, run_token_check
 from mcp_access_guard.testing import DROP, LocalAccess, SigningKey, b64url
 
 CLIENT_SECRET = secrets.token_hex(32)

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx
 import pytest
-from check_support import CLIENT_ID, check, lines
 from starlette.types import Receive, Scope, Send
 
+from check_support import CLIENT_ID, check, lines
 from mcp_access_guard.testing import serve
 from recording_proxy import RecordingProxy
 
