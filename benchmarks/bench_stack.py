@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bench_common import Plan
-from mcp_access_guard.config import CORSSettings, GuardConfig, ServiceTokenSettings
 from mcp_access_guard.middleware.access import AccessJWTMiddleware
 from mcp_access_guard.middleware.cors import CORSAllowlistMiddleware
 from mcp_access_guard.middleware.paths import PathAllowlistMiddleware
 from mcp_access_guard.middleware.service_token import DEFAULT_SECRET_HEADER, ServiceTokenMiddleware
+from mcp_access_guard.settings import CORSSettings, GuardConfig, ServiceTokenSettings
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import LocalAccess
 from mcp_access_guard.verifier import AccessVerifier

@@ -3,9 +3,10 @@
     python benchmarks/run.py            # full run, under ten minutes
     python benchmarks/run.py --quick    # smoke run, about a minute; prints only (or --output FILE)
 
-Needs `pip install -e '.[bench]'` for the peers, and `wrk` (Debian: `apt-get install wrk`) for the HTTP load;
-what is missing is reported, not dropped. Every figure is a median over kept rounds (warm-up discarded) with its
-min-max, and where it has a baseline, its ratio to that baseline measured in the same run.
+Needs `pip install -e '.[bench]'` for the peers, `wrk` (Debian: `apt-get install wrk`) for the HTTP load, and
+`redis-server` (Debian: `apt-get install redis-server`) for the Redis store; what is missing is reported, not
+dropped. Every figure is a median over kept rounds (warm-up discarded) with its min-max, and where it has a
+baseline, its ratio to that baseline measured in the same run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import bench_floods
 import bench_http
 import bench_peers
+import bench_store
 from bench_common import Figure, Section
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +42,7 @@ LIBRARIES = (
     "PyJWT",
     "cryptography",
     "cachetools",
+    "redis",
     "fastmcp",
     "cc-auth",
     "fastapi-cloudflare-access-jwt",
@@ -152,6 +155,8 @@ async def collect(quick: bool) -> list[Section]:
     sections += await bench_http.collect(quick)
     print("HTTP done", file=sys.stderr, flush=True)
     sections += await bench_floods.collect(quick)
+    print("floods done", file=sys.stderr, flush=True)
+    sections += await bench_store.collect(quick)
     return sections
 
 

@@ -36,6 +36,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
     testing.LocalAccess.sign = recording_sign  # type: ignore[method-assign]
 
+    # The Access for SaaS provider's id_tokens, and its opaque credentials (codes, access and refresh tokens, the
+    # client secret): the scan looks for each whole, as it looks for a signature.
+    saas_sign = testing.LocalAccessSaaS.sign
+    saas_opaque_token = testing.LocalAccessSaaS.opaque_token
+
+    def recording_saas_sign(self: testing.LocalAccessSaaS, *args: object, **kwargs: object) -> str:
+        token = saas_sign(self, *args, **kwargs)  # type: ignore[arg-type]
+        if not token.endswith("."):  # alg none: no signature to look for
+            _minted.append(token)
+        return token
+
+    def recording_opaque_token(self: testing.LocalAccessSaaS) -> str:
+        token = saas_opaque_token(self)
+        _minted.append(token)
+        return token
+
+    testing.LocalAccessSaaS.sign = recording_saas_sign  # type: ignore[method-assign]
+    testing.LocalAccessSaaS.opaque_token = recording_opaque_token  # type: ignore[method-assign]
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """No token, secret or key material in anything the suite logged; a leak fails the run."""

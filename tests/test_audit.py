@@ -50,3 +50,42 @@ def test_request_values_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture
     assert "\r" not in record.getMessage()
     assert "path=/mcp\\nlayer=access_jwt" in record.getMessage()
     assert json.loads(JSONLinesFormatter().format(record))["path"] == scope["path"]
+
+
+def decision_record(path: str) -> logging.LogRecord:
+    """The record one denied request to `path` leaves, taken straight from the logger."""
+    from mcp_access_guard.audit import log_decision
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("mcp_access_guard")
+    logger.addHandler(handler)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(logger, "level", logging.INFO)
+            log_decision(
+                {"type": "http", "path": path, "client": ("10.0.0.1", 1)},
+                layer="paths",
+                decision="deny",
+                reason="not_listed",
+            )
+    finally:
+        logger.removeHandler(handler)
+    (record,) = records
+    return record
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\n", "\r"])
+def test_json_lines_hold_no_raw_line_separator(separator: str) -> None:
+    path = f'/mcp{separator}{{"decision":"allow"}}'
+    line = JSONLinesFormatter().format(decision_record(path))
+    assert len(line.splitlines()) == 1
+    assert separator not in line
+    assert json.loads(line)["path"] == path
+
+
+def test_json_lines_cut_each_request_field_like_the_text_log() -> None:
+    record = decision_record("/" + "a" * 100_000)
+    assert len(json.loads(JSONLinesFormatter().format(record))["path"]) == 200
+    assert len(record.getMessage()) < 400

@@ -59,8 +59,15 @@ def test_bad_team_domain_is_refused_with_the_setting_named(team_domain: str, mes
 def test_audiences_as_one_tag_a_list_or_a_comma_separated_string() -> None:
     assert AccessConfig("t", AUD).audiences == (AUD,)
     assert AccessConfig("t", [AUD, OTHER_AUD]).audiences == (AUD, OTHER_AUD)
-    assert AccessConfig("t", f" {AUD} , {OTHER_AUD},").audiences == (AUD, OTHER_AUD)
+    assert AccessConfig("t", f" {AUD} , {OTHER_AUD}").audiences == (AUD, OTHER_AUD)
     assert AccessConfig("t", [AUD, AUD]).audiences == (AUD,)
+
+
+@pytest.mark.parametrize("audiences", [f"{AUD},", f"{AUD},,{OTHER_AUD}", [AUD, " "]])
+def test_an_empty_audience_entry_is_refused_not_skipped(audiences: str | list[str]) -> None:
+    # What "$NEW,$OLD" becomes when one variable is unset: a mistake to report, not a shorter list.
+    with pytest.raises(ConfigError, match="audiences has an empty entry"):
+        AccessConfig("t", audiences)
 
 
 @pytest.mark.parametrize("audiences", ["", " , ", []])

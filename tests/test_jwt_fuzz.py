@@ -47,7 +47,7 @@ class Target:
         return f"Target({len(self.originals)} valid originals)"
 
     def verdict(self, token: str) -> str:
-        """"accepted" or the reason; any exception but AccessDenied propagates and fails the example."""
+        """ "accepted" or the reason; any exception but AccessDenied propagates and fails the example."""
         try:
             self.portal.call(self.verifier.verify, token)
         except AccessDenied as denied:

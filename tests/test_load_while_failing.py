@@ -27,8 +27,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from leak_scan import find_leaks
-from mcp_access_guard.config import CORSSettings, GuardConfig
 from mcp_access_guard.middleware.access import AccessJWTMiddleware
+from mcp_access_guard.settings import CORSSettings, GuardConfig
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import LocalAccess, SigningKey, serve
 from support import RecordingApp

@@ -27,7 +27,8 @@ import httpx
 import pytest
 
 from mcp_access_guard import GuardConfig
-from mcp_access_guard.config import AccessConfig, CORSSettings, PathSettings, ServiceTokenSettings
+from mcp_access_guard.config import AccessConfig
+from mcp_access_guard.settings import CORSSettings, PathSettings, ServiceTokenSettings
 from mcp_access_guard.testing import LocalAccess, free_port, serve
 from support import INITIALIZE, MCP_HEADERS
 
@@ -186,6 +187,7 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     import inspect
 
     from mcp_access_guard import config as config_module
+    from mcp_access_guard import settings as settings_module
 
     settings = set(inspect.signature(AccessConfig.__init__).parameters) - {"self"}
     for kind in (PathSettings, CORSSettings, ServiceTokenSettings, GuardConfig):
@@ -193,7 +195,24 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     settings -= {"access", "paths", "cors", "service_token", "tools", "allow"}
     missing = [name for name in sorted(settings) if f"`{name}`" not in README and f" {name}`" not in README]
     assert not missing, f"settings missing from the README: {missing}"
-    variables = set(re.findall(r'"((?:GUARD|ALLOWED|TEAM|POLICY|ACCESS)_[A-Z_]+)"', inspect.getsource(config_module)))
+    variables = set(
+        re.findall(
+            r'"((?:GUARD|ALLOWED|TEAM|POLICY|ACCESS)_[A-Z_]+)"',
+            inspect.getsource(config_module) + inspect.getsource(settings_module),
+        )
+    )
     variables |= {"ALLOWED_EMAIL_DOMAINS", "ALLOWED_SERVICE_TOKENS", "ALLOWED_GROUPS"}
     assert variables
     assert not [name for name in sorted(variables) if f"`{name}`" not in README]
+
+
+def test_the_curl_example_is_the_request_serve_dev_prints() -> None:
+    from mcp_access_guard.mcp_request import tools_list_request
+
+    (block,) = blocks("while-serving")
+    curl = shlex.split(block.code.split("\ncurl ", 1)[1].replace("\\\n", " "))
+    headers = dict(curl[index + 1].split(": ", 1) for index, word in enumerate(curl) if word == "-H")
+    request = tools_list_request()
+    assert headers.pop("Cf-Access-Jwt-Assertion") == "$TOKEN"
+    assert headers == request.headers
+    assert json.loads(curl[curl.index("--data") + 1]) == request.body

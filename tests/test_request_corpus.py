@@ -61,9 +61,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from leak_scan import find_leaks
-from mcp_access_guard.config import CORSSettings, GuardConfig, ServiceTokenSettings
 from mcp_access_guard.identity import current_identity
 from mcp_access_guard.policy import Rule, ToolPolicy
+from mcp_access_guard.settings import CORSSettings, GuardConfig, ServiceTokenSettings
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import DROP, LocalAccess, SigningKey, serve
 

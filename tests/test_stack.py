@@ -13,9 +13,9 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import TextContent
 
 from mcp_access_guard import ConfigError, current_identity
-from mcp_access_guard.config import CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
 from mcp_access_guard.policy import Rule, ToolPolicy
-from mcp_access_guard.stack import guard
+from mcp_access_guard.settings import CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
+from mcp_access_guard.stack import DropServiceTokenHeaders, guard
 from mcp_access_guard.testing import LocalAccess, serve
 from support import INITIALIZE, MCP_HEADERS
 
@@ -151,10 +151,13 @@ def test_layers_can_be_left_out_only_explicitly(local_access: LocalAccess) -> No
     full = guard(app, GuardConfig(access=local_access.config()))
     assert isinstance(full, PathAllowlistMiddleware)
     assert isinstance(full.app, CORSAllowlistMiddleware)
-    assert isinstance(full.app.app, AccessJWTMiddleware)
-    assert full.app.app.app is app
+    # With no shared secret configured, that layer's place only takes the service-token headers off.
+    assert isinstance(full.app.app, DropServiceTokenHeaders)
+    assert isinstance(full.app.app.app, AccessJWTMiddleware)
+    assert full.app.app.app.app is app
     bare = guard(app, GuardConfig(access=local_access.config(), paths=None, cors=None))
-    assert isinstance(bare, AccessJWTMiddleware)
+    assert isinstance(bare, DropServiceTokenHeaders)
+    assert isinstance(bare.app, AccessJWTMiddleware)
 
 
 def test_the_sample_toml_documents_a_loadable_config() -> None:
@@ -197,13 +200,14 @@ def test_from_toml_turns_layers_off_and_on(tmp_path: Path) -> None:
         "[access]\nteam_domain = 'myteam'\naudiences = '" + "a" * 64 + "'\ncookie = true\n"
         "allow = { email_domains = ['example.com'] }\n"
         "[paths]\nenabled = false\n[cors]\nallowed_hosts = ['mcp.example.com']\n"
-        "[service_token]\nsecrets = ['s1', 's2']\nclient_credentials = { 'abc.access' = 'xyz' }\n"
+        "[service_token]\nsecrets = ['secret-one-0123456', 'secret-two-0123456']\n"
+        "client_credentials = { 'abc.access' = 'client-secret-0123456' }\n"
     )
     config = GuardConfig.from_toml(path)
     assert config.paths is None
     assert config.cors == CORSSettings(allowed_hosts=("mcp.example.com",))
-    assert config.service_token.secrets == ("s1", "s2")
-    assert dict(config.service_token.client_credentials) == {"abc.access": "xyz"}
+    assert config.service_token.secrets == ("secret-one-0123456", "secret-two-0123456")
+    assert dict(config.service_token.client_credentials) == {"abc.access": "client-secret-0123456"}
     assert config.allow == Rule(email_domains=["example.com"])
     assert config.cookie
     assert "s1" not in repr(config)
@@ -221,7 +225,7 @@ def test_from_env_reads_every_variable() -> None:
             "GUARD_ALLOWED_HOSTS": "mcp.example.com,*.example.net",
             "GUARD_TRUST_FORWARDED_HOST": "true",
             "GUARD_SECRET_HEADER": "X-Tunnel-Secret",
-            "GUARD_SECRETS": "one,two",
+            "GUARD_SECRETS": "secret-one-0123456,secret-two-0123456",
             "ALLOWED_EMAILS": "alice@example.com, bob@example.com",
             "ALLOWED_EMAILS_TOOL": "generate_image",
         }
@@ -234,7 +238,9 @@ def test_from_env_reads_every_variable() -> None:
         allowed_hosts=("mcp.example.com", "*.example.net"),
         trust_forwarded_host=True,
     )
-    assert config.service_token == ServiceTokenSettings(header="X-Tunnel-Secret", secrets=("one", "two"))
+    assert config.service_token == ServiceTokenSettings(
+        header="X-Tunnel-Secret", secrets=("secret-one-0123456", "secret-two-0123456")
+    )
     assert config.tools is not None
     assert config.tools.rules == {"generate_image": Rule(emails=["alice@example.com", "bob@example.com"])}
 
@@ -272,3 +278,41 @@ async def test_behind_a_tunnel_our_host_check_replaces_the_sdks(local_access: Lo
         assert rebound.status_code == 421
         foreign_page = await request(url, Host="mcp.example.com", Origin="https://evil.example", **{ASSERTION: token})
         assert foreign_page.status_code == 403
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("secrets", [(), (SECRET,)], ids=["shared-secret layer off", "shared-secret layer on"])
+async def test_service_token_headers_never_reach_the_app(
+    local_access: LocalAccess, seen_headers: list[dict[str, str]], secrets: tuple[str, ...]
+) -> None:
+    config = GuardConfig(access=local_access.config(), service_token=ServiceTokenSettings(secrets=secrets))
+    client_secret = "a-client-secret-nothing-here-checks"
+    async with serve(guard(reference_server(seen_headers).streamable_http_app(), config)) as url:
+        answer = await request(
+            url,
+            **{
+                ASSERTION: local_access.user_token(),
+                SECRET_HEADER: SECRET,
+                "CF-Access-Client-Id": "robot.access",
+                "CF-Access-Client-Secret": client_secret,
+            },
+        )
+    assert answer.status_code == 200
+    [seen] = seen_headers
+    assert "cf-access-client-id" not in seen
+    assert "cf-access-client-secret" not in seen
+    assert client_secret not in json.dumps(seen)
+    assert seen[ASSERTION.lower()]  # the rest arrives as sent
+
+
+@pytest.mark.anyio
+async def test_service_token_headers_in_any_case_are_dropped_with_the_layer_off() -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        seen.append(scope["headers"])
+
+    headers = [(b"CF-Access-Client-Secret", b"x" * 20), (b"cf-access-client-id", b"robot.access"), (b"accept", b"*/*")]
+    await DropServiceTokenHeaders(app)({"type": "http", "headers": headers}, None, None)  # type: ignore[arg-type]
+    await DropServiceTokenHeaders(app)({"type": "http", "headers": headers[2:]}, None, None)  # type: ignore[arg-type]
+    assert seen == [[(b"accept", b"*/*")], [(b"accept", b"*/*")]]

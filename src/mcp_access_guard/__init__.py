@@ -2,7 +2,7 @@
 
 from importlib.metadata import version
 
-from .config import AccessConfig, ConfigError, CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
+from .config import AccessConfig, ConfigError
 from .downstream import AccessForwardingAuth, forwarding_client
 from .identity import AccessIdentity, current_identity
 from .jwks import JWKSCache
@@ -12,6 +12,7 @@ from .middleware.paths import PathAllowlistMiddleware
 from .middleware.service_token import ServiceTokenMiddleware
 from .middleware.tools import ToolPolicyMiddleware
 from .policy import Rule, ToolPolicy
+from .settings import CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
 from .stack import guard
 from .verifier import AccessDenied, AccessVerifier
 

@@ -13,7 +13,10 @@ logger = logging.getLogger("mcp_access_guard")
 
 Decision = Literal["allow", "deny"]
 
+AUDIT_FIELDS = ("layer", "decision", "reason", "principal", "path", "tool", "client")
 _MAX_FIELD = 200
+# Line ends that JSON leaves raw but log readers (JavaScript, some terminals and editors) break lines on.
+_LINE_BREAKS_IN_JSON = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
 def _printable(value: object) -> str:
@@ -35,20 +38,10 @@ def log_decision(
     if not logger.isEnabledFor(level):
         return
     client = scope.get("client")
-    fields: dict[str, object] = {
-        "layer": layer,
-        "decision": decision,
-        "reason": reason,
-        "principal": principal,
-        "path": scope.get("path"),
-        "tool": tool,
-        "client": client[0] if client else None,
-    }
+    values = (layer, decision, reason, principal, scope.get("path"), tool, client[0] if client else None)
+    fields = dict(zip(AUDIT_FIELDS, values, strict=True))
     text = " ".join(f"{key}={_printable(value)}" for key, value in fields.items() if value is not None)
     logger.log(level, text, extra=fields)
-
-
-AUDIT_FIELDS = ("layer", "decision", "reason", "principal", "path", "tool", "client")
 
 
 class JSONLinesFormatter(logging.Formatter):
@@ -68,7 +61,8 @@ class JSONLinesFormatter(logging.Formatter):
         for name in AUDIT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
-                entry[name] = value
+                # Request values are cut as the text log cuts them: one request, one bounded line.
+                entry[name] = value[:_MAX_FIELD] if isinstance(value, str) else value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(_LINE_BREAKS_IN_JSON)

@@ -78,7 +78,7 @@ class HostPattern(NamedTuple):
         return name == self.name
 
 
-def _validated_origins(origins: Iterable[str]) -> tuple[str, ...]:
+def validated_origins(origins: Iterable[str]) -> tuple[str, ...]:
     validated = []
     for origin in origins:
         normalised = origin.lower()
@@ -113,7 +113,7 @@ class CORSAllowlistMiddleware:
         if isinstance(allowed_hosts, str):
             raise ValueError("allowed_hosts must be a list of host names, not one string")
         self.app = app
-        self.allow_origins = frozenset(_validated_origins([*allow_origins, *extra_origins]))
+        self.allow_origins = frozenset(validated_origins([*allow_origins, *extra_origins]))
         self.allowed_hosts = None if allowed_hosts is None else tuple(HostPattern.parse(h) for h in allowed_hosts)
         self.trust_forwarded_host = trust_forwarded_host
         self.cors = CORSMiddleware(

@@ -54,6 +54,16 @@ def _route_path(scope: Scope) -> str | None:
     return path
 
 
+def parse_allow_entry(entry: str) -> tuple[str, bool]:
+    """An allow-list entry -> (path, whether it allows the subtree below it); ValueError for anything else."""
+    path, is_subtree = (entry[:-1], True) if entry.endswith("/*") else (entry, False)
+    if "*" in path or _refusal_reason(path) is not None:
+        raise ValueError(f"allow list entry {entry!r} is not a whole, normalised path")
+    if is_subtree and path == "/":
+        raise ValueError("allow list entry '/*' would let every path through; leave the layer out to mean that")
+    return path, is_subtree
+
+
 class PathAllowlistMiddleware:
     """Let through only whole paths on the allow list (`"/prefix/*"` for a subtree); answer the rest with 404.
 
@@ -65,9 +75,7 @@ class PathAllowlistMiddleware:
         exact: set[str] = set()
         subtrees: list[str] = []
         for entry in allow:
-            path, is_subtree = (entry[:-1], True) if entry.endswith("/*") else (entry, False)
-            if "*" in path or _refusal_reason(path) is not None:
-                raise ValueError(f"allow list entry {entry!r} is not a whole, normalised path")
+            path, is_subtree = parse_allow_entry(entry)
             if is_subtree:
                 subtrees.append(path)
             else:

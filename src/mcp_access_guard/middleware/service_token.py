@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -54,9 +55,54 @@ def _looks_quoted(value: str) -> bool:
     return value[:1] in ("'", '"') or value[-1:] in ("'", '"') or any(char.isspace() for char in value)
 
 
+MIN_SECRET_LENGTH = 16
+# Headers that already mean something to a proxy, the server or another layer: a shared secret carried in one of them
+# would be read, rewritten or forwarded by something else, or would make this layer strip what the app needs.
+_RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-type",
+        "origin",
+        "forwarded",
+        "cf-access-jwt-assertion",
+        "cf-access-token",
+        "cf-connecting-ip",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        CLIENT_ID_HEADER,
+        CLIENT_SECRET_HEADER,
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def _check_configured(kind: str, value: str) -> None:
-    if not value or _looks_quoted(value):
+    if not isinstance(value, str) or not value or _looks_quoted(value):
         raise ValueError(f"a configured {kind} is empty or has stray quotes or whitespace")
+
+
+def check_secret(kind: str, value: str) -> None:
+    _check_configured(kind, value)
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ValueError(f"a configured {kind} is shorter than {MIN_SECRET_LENGTH} characters: too easy to guess")
+
+
+def check_secret_header(header: str) -> str:
+    name = header.strip().lower() if isinstance(header, str) else ""
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"the shared-secret header {header!r} is not a valid header name")
+    if name in _RESERVED_HEADERS or name.startswith(("x-forwarded-", "proxy-", "sec-")):
+        raise ValueError(f"the shared-secret header {header!r} must not be a header with a meaning of its own")
+    return name
 
 
 def service_token_identity(client_id: str) -> AccessIdentity:
@@ -95,15 +141,13 @@ class ServiceTokenMiddleware:
         if not secrets and not client_credentials:
             raise ValueError("ServiceTokenMiddleware needs secrets or client_credentials (fail closed)")
         for secret in secrets:
-            _check_configured("secret", secret)
+            check_secret("secret", secret)
         for client_id, client_secret in client_credentials.items():
             _check_configured("client id", client_id)
-            _check_configured("client secret", client_secret)
+            check_secret("client secret", client_secret)
             if client_secret.endswith(SERVICE_TOKEN_SUFFIX) and not client_id.endswith(SERVICE_TOKEN_SUFFIX):
                 raise ValueError("client_credentials look swapped: map the client id (ending in .access) to its secret")
-        self.header = header.lower()
-        if self.header in (CLIENT_ID_HEADER, CLIENT_SECRET_HEADER):
-            raise ValueError("the shared-secret header must not be one of the CF-Access-Client headers")
+        self.header = check_secret_header(header)
         self.app = app
         self._secret_digests = tuple(_digest(secret.encode()) for secret in secrets)
         self._credential_digests = tuple(
