@@ -21,6 +21,7 @@ GUARD_ID_PREFIX = "mcp-access-guard:"
 """Client ids beginning with this are refused: they are the guard's."""
 
 _MAX_CALLER_ID = 128
+_INT_BOUND = 10**_MAX_CALLER_ID
 # Printable ASCII but `"` and `\`: written the same way by every JSON encoder, and safe inside any JSON string.
 _PLAIN_STRING = re.compile(r"[ !#-\[\]-~]*")
 _GUARD_ID = re.compile(re.escape(GUARD_ID_PREFIX) + r"([a-z])([0-9a-f]{32}):((?:[0-9a-f]{2})+):")
@@ -35,7 +36,7 @@ def caller_id_text(value: Any) -> str | None:
     exactly as the server would have written it. (The SDK reads other ids, such as `1.0` or `true`, as notifications.)
     """
     if type(value) is int:
-        text = str(value) if -(10**_MAX_CALLER_ID) < value < 10**_MAX_CALLER_ID else ""
+        text = str(value) if -_INT_BOUND < value < _INT_BOUND else ""
     elif type(value) is str and _PLAIN_STRING.fullmatch(value):
         text = f'"{value}"'
     else:

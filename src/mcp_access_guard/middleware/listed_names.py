@@ -66,6 +66,8 @@ class ListedNames:
 
     def resolve(self, name: str) -> tuple[bool, list[str]]:
         """(whether `name` is listed, the other listed names it addresses)."""
+        if not self._by_address or len(name) < 14 or name[12] != "_":  # the usual case, decided without a regex
+            return name in self._names, []
         found = _FASTMCP_ADDRESS.match(name)
         addressed = self._by_address.get(found[1], ()) if found else ()
         return name in self._names, [other for other in addressed if other != name]

@@ -25,6 +25,7 @@ Mount this layer around the MCP endpoint; it reads every POST that reaches it.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import OrderedDict
@@ -105,7 +106,7 @@ _COMPLETION_REFS: Final = {
     "ref/prompt": _Target("prompt", ("params", "ref", "name"), False),
     "ref/resource": _Target("resource", ("params", "ref", "uri"), True),
 }
-_LISTEN_URIS: Final = ("params", "notifications", "resourceSubscriptions")
+_LISTEN_TARGET: Final = _Target("resource", ("params", "notifications", "resourceSubscriptions"), True)
 _MAX_LISTEN_URIS = 1000  # so that marking them all stays within the room the body has for the guard's edits
 _LISTINGS: Final = {
     "tools/list": _Listing("tool", "tools", "name", "t"),
@@ -230,16 +231,19 @@ class ToolPolicyMiddleware:
             keep = self._keeper(listing, identity)
             return self._rewritten(body, guard_id, [], rewrite=listing_filter(guard_id.text, listing.list_key, keep))
 
-        text = body.decode("utf-8")
-        marks = await self._refusals(scope, text, message, method, identity)
-        if not marks:
+        refused = await self._refused(scope, message, method, identity)
+        if not refused:
             return None
+        text = body.decode("utf-8")
         guard_id = GuardId.new(_REFUSED_KIND, caller_id or '""')
-        edits = [string_mark(text, span, guard_id.marker, prefix=target.marker_in_front) for span, target in marks]
+        edits = [
+            string_mark(text, _span(text, target, index), guard_id.marker, prefix=target.marker_in_front)
+            for target, index in refused
+        ]
         verdict = self._rewritten(body, guard_id, edits, text=text, with_id=caller_id is not None)
         if method in NAME_BEARING_METHODS:
             name = message["params"][NAME_BEARING_METHODS[method]]
-            target = marks[0][1]
+            target = refused[0][0]
             verdict.mcp_name = guard_id.marker + name if target.marker_in_front else name + guard_id.marker
         return verdict
 
@@ -269,14 +273,18 @@ class ToolPolicyMiddleware:
             edits = [*edits, (*id_span, guard_id.json)]
         return _Verdict(apply_edits(text, edits).encode("utf-8"), rewrite, guard_id.restorations())
 
-    async def _refusals(
-        self, scope: Scope, text: str, message: dict[str, Any], method: str, identity: AccessIdentity | None
-    ) -> list[tuple[tuple[int, int], _Target]]:
-        """Where the names this request may not use are in `text`, and what they name."""
-        named = _named(text, message, method)
+    async def _refused(
+        self, scope: Scope, message: dict[str, Any], method: str, identity: AccessIdentity | None
+    ) -> list[tuple[_Target, int | None]]:
+        """The names (or URIs) this request may not use: what they name, and for a list, where in it they are."""
         refused = []
-        for span, target, name in named:
-            allowed, reason = await self._decide(scope, message, target.family, name, identity)
+        for target, name, index in _named(message, method):
+            decision = self._decide(target.family, name, identity)
+            if decision is None:  # a name the app has not been seen to list: ask it, then decide
+                listed_names = self._listed[target.family]
+                await listed_names.refresh(functools.partial(self._fetch_listing, scope, message, target.family))
+                decision = self._decide(target.family, name, identity) or (False, "not_listed")
+            allowed, reason = decision
             log_decision(
                 scope,
                 layer=LAYER,
@@ -286,22 +294,19 @@ class ToolPolicyMiddleware:
                 tool=name,
             )
             if not allowed:
-                refused.append((span, target))
+                refused.append((target, index))
         return refused
 
-    async def _decide(
-        self, scope: Scope, message: dict[str, Any], family: Family, name: str, identity: AccessIdentity | None
-    ) -> tuple[bool, str]:
+    def _decide(self, family: Family, name: str, identity: AccessIdentity | None) -> tuple[bool, str] | None:
+        """(allowed, reason), or None when only the app's listing can tell: a name without a rule it is not known
+        to list, when the policy has rules."""
         allowed, reason = self.policy.decide(family, name, identity)
         listed_names = self._listed.get(family)
         if not allowed or listed_names is None or not self.policy.covers(family):
             return allowed, reason
         listed, addressed = listed_names.resolve(name)
         if reason == "default_allow" and not listed and not addressed:
-            await listed_names.refresh(lambda: self._fetch_listing(scope, message, family))
-            listed, addressed = listed_names.resolve(name)
-            if not listed and not addressed:
-                return False, "not_listed"
+            return None
         for other in addressed:  # another spelling of listed names: judged as they are
             allowed, reason = self.policy.decide(family, other, identity)
             if not allowed:
@@ -396,8 +401,8 @@ def _principal(identity: AccessIdentity | None = None) -> str | None:
     return identity.principal if identity is not None else None
 
 
-def _named(text: str, message: dict[str, Any], method: str) -> list[tuple[tuple[int, int], _Target, str]]:
-    """The names and URIs the request uses, where they are in `text`, and what family each belongs to."""
+def _named(message: dict[str, Any], method: str) -> list[tuple[_Target, str, int | None]]:
+    """The names and URIs the request uses, what family each belongs to, and for a list, where in it each is."""
     params = message.get("params")
     if method == "subscriptions/listen":
         notifications = params.get("notifications") if isinstance(params, dict) else None
@@ -408,8 +413,7 @@ def _named(text: str, message: dict[str, Any], method: str) -> list[tuple[tuple[
             raise RejectedRequest(400, INVALID_PARAMS, "resourceSubscriptions must be a list of URIs", "uri_not_string")
         if len(uris) > _MAX_LISTEN_URIS:
             raise RejectedRequest(400, INVALID_PARAMS, "Too many resourceSubscriptions", "too_many_uris")
-        target = _Target("resource", _LISTEN_URIS, True)
-        return [(span, target, uri) for span, uri in zip(item_spans(text, _LISTEN_URIS), uris, strict=True)]
+        return [(_LISTEN_TARGET, uri, index) for index, uri in enumerate(uris)]
     if method == "completion/complete":
         ref = params.get("ref") if isinstance(params, dict) else None
         ref_type = ref.get("type") if isinstance(ref, dict) else None
@@ -427,9 +431,14 @@ def _named(text: str, message: dict[str, Any], method: str) -> list[tuple[tuple[
     if not isinstance(value, str):
         where = ".".join(target.path)
         raise RejectedRequest(400, INVALID_PARAMS, f"{method} needs a string {where}", f"{target.path[-1]}_not_string")
-    span = value_span(text, target.path)
+    return [(target, value, None)]
+
+
+def _span(text: str, target: _Target, index: int | None) -> tuple[int, int]:
+    """Where a name `_named` found is in the request's text."""
+    span = value_span(text, target.path) if index is None else item_spans(text, target.path)[index]
     assert span is not None
-    return [(span, target, value)]
+    return span
 
 
 _MCP_METHOD = MCP_METHOD_HEADER.encode("latin-1")
