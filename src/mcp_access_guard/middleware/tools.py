@@ -15,8 +15,13 @@ request travels under an id of the guard's own (see `jsonrpc.ids`), so no other 
 and the caller's id is put back in the answer. The id says how the answer is to be rewritten, so the session's GET
 stream (where a resumed stream is replayed) is rewritten the same way; markers are removed there too.
 
-A tool, prompt or resource may have more than one name at the server (FastMCP's hashed addresses, say). When the
-policy has rules, a name without a rule of its own is allowed only if the app lists it (see `listed_names`).
+A tool or prompt may have more than one name at the server (FastMCP's hashed addresses, say). When the policy has
+rules, a name without a rule of its own is allowed only if the app lists it (see `listed_names`). What the guard
+cannot see: a tool whose own code runs another tool, prompt or resource named in its arguments.
+
+Two answers the SDK gets wrong are put right here: a GET that asks to resume a stream, which the SDK without an event
+store leaves unanswered (a 500 from the server), gets a 400; and a request whose session its client ends while it is
+in flight gets the 404 of an ended session instead of the SDK's 500.
 
 Every POST body is read (bounded) and parsed strictly before the app sees it, because what the app would parse is
 what must be judged: anything that two parsers could read differently is refused with a 4xx JSON-RPC error.
@@ -338,7 +343,7 @@ class ToolPolicyMiddleware:
 
     async def _serve_get(self, scope: Scope, receive: Receive, send: Send) -> None:
         identity = current_identity()
-        answer = _Answer(send, rewrite=self._scrubber(identity))
+        answer = _Answer(send, rewrite=self._scrubber(identity), streams_only=True)
         await self.app(scope, receive, answer.send)
         if answer.started or not any(name == b"last-event-id" for name, _ in scope["headers"]):
             return
@@ -540,9 +545,9 @@ async def _send_error(
 
 class _Answer:
     """Wraps `send`: passes the app's response on with `rewrite` applied to each of its JSON-RPC messages (JSON or
-    SSE) and `replacements` made in every byte. A body with a length is held until complete so the length can be
-    fixed. If `ended` says the request's session was ended by its client meanwhile, a 5xx from the app becomes the
-    404 a request for an ended session gets.
+    SSE; with `streams_only`, SSE only) and `replacements` made in every byte. A body with a length is held until
+    complete so the length can be fixed. If `ended` says the request's session was ended by its client meanwhile, a
+    5xx from the app becomes the 404 a request for an ended session gets.
     """
 
     def __init__(
@@ -552,8 +557,10 @@ class _Answer:
         rewrite: Rewrite | None = None,
         replacements: list[Replacement] | None = None,
         ended: Callable[[], bool] | None = None,
+        streams_only: bool = False,
     ) -> None:
         self._send = send
+        self._streams_only = streams_only
         self._rewrite = rewrite
         self._replacements = replacements or []
         self._ended = ended
@@ -588,6 +595,8 @@ class _Answer:
         headers = MutableHeaders(raw=list(message.get("headers", [])))
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         streaming = media_type == "text/event-stream"
+        if self._streams_only and not streaming:
+            self._rewrite = None
         if not (streaming or media_type == "application/json" or media_type.endswith("+json")):
             self._rewrite = None  # not JSON-RPC messages: only the byte replacements apply
         if streaming or "content-length" not in headers:
