@@ -217,7 +217,7 @@ class ToolPolicyMiddleware:
             if _looks_like_guarded(method):
                 raise RejectedRequest(400, INVALID_REQUEST, "Unrecognised method spelling", "method_spelling")
             return None
-        if not self._covers(method, message):
+        if not self._covers(method):
             return None
         # Every request of a covered method is held to this, whatever it names, so a refusal here tells nothing.
         caller_id = caller_id_text(request_id) if "id" in message else None
@@ -252,7 +252,7 @@ class ToolPolicyMiddleware:
             verdict.mcp_name = guard_id.marker + name if target.marker_in_front else name + guard_id.marker
         return verdict
 
-    def _covers(self, method: str, message: dict[str, Any]) -> bool:
+    def _covers(self, method: str) -> bool:
         if method == "completion/complete":
             return self.policy.covers("prompt") or self.policy.covers("resource")
         if method == "subscriptions/listen":
