@@ -2,9 +2,9 @@
 delivered anywhere the guard does not rewrite it, whatever ids the client sends alongside it.
 
 The SDK routes an answer by `str(id)`: a later request with the same id takes over the earlier one's response stream.
-Each test here makes that happen for certain, not by luck of timing: the server holds the guarded request's answer
-until the colliding request is being served. Real uvicorn, the real SDK server, stateful sessions, both response modes,
-and the session's GET stream (live, and replaying a resumed stream from an event store).
+Each test here makes that happen for certain, not by luck of timing: the server (the SDK's `MCPServer`) holds the
+guarded request's answer until the colliding request is being served. Real uvicorn, stateful sessions, both response
+modes, and the session's GET stream (live, and replaying a resumed stream from an event store).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from mcp.server.lowlevel import Server
+from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
-from mcp_types import CallToolResult, JSONRPCMessage, ListToolsResult, TextContent, Tool
+from mcp_types import JSONRPCMessage, Tool
 from starlette.types import ASGIApp
 
 from mcp_access_guard.jsonrpc import GUARD_ID_PREFIX
@@ -45,30 +45,43 @@ class Gates:
         self.released = anyio.Event()
 
 
-def gated_server(gates: Gates) -> Server[Any]:
-    async def list_tools(ctx: Any, params: Any) -> ListToolsResult:
-        if gates.method == "tools/list" and not gates.entered.is_set():  # later listings are the guard's own
-            gates.entered.set()
-            await gates.collided.wait()
-        names = ("add", "secret", "gate")
-        return ListToolsResult(tools=[Tool(name=name, input_schema={"type": "object"}) for name in names])
+class GatedServer(MCPServer):
+    """The SDK's `MCPServer`, holding the guarded request's answer until the colliding request is being served."""
 
-    async def call_tool(ctx: Any, params: Any) -> CallToolResult:
-        if params.name == "gate":  # the unguarded, colliding request
+    def __init__(self, gates: Gates) -> None:
+        super().__init__("gated")
+        self.gates = gates
+
+        @self.tool()
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        @self.tool()
+        def secret() -> str:
+            return "the launch codes"
+
+        @self.tool()
+        async def gate() -> str:
+            """The unguarded request whose id collides with the guarded one's."""
             gates.collided.set()
             with anyio.move_on_after(5):
                 await gates.released.wait()
-            return CallToolResult(content=[TextContent(type="text", text="gate done")])
-        if params.name in ("add", "secret") or gates.method != "tools/call":
-            return CallToolResult(content=[TextContent(type="text", text=f"ran {params.name}")])
-        gates.entered.set()  # a name the server does not have: a refused call, renamed by the guard
-        await gates.collided.wait()
-        return CallToolResult(content=[TextContent(type="text", text=f"Unknown tool: {params.name}")], is_error=True)
+            return "gate done"
 
-    return Server("gated", on_list_tools=list_tools, on_call_tool=call_tool)
+    async def list_tools(self) -> list[Tool]:
+        if self.gates.method == "tools/list" and not self.gates.entered.is_set():  # later listings are the guard's
+            self.gates.entered.set()
+            await self.gates.collided.wait()
+        return await super().list_tools()
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        if self.gates.method == "tools/call" and name not in ("add", "secret", "gate"):  # the refused call, renamed
+            self.gates.entered.set()
+            await self.gates.collided.wait()
+        return await super().call_tool(name, arguments, context)
 
 
-def guarded(server: Server[Any], *, json_response: bool, event_store: EventStore | None = None) -> ASGIApp:
+def guarded(server: MCPServer, *, json_response: bool, event_store: EventStore | None = None) -> ASGIApp:
     app = server.streamable_http_app(json_response=json_response, stateless_http=False, event_store=event_store)
     return IdentityFromTestHeaders(ToolPolicyMiddleware(app, POLICY))
 
@@ -138,7 +151,7 @@ async def test_a_colliding_id_cannot_take_the_answer_to_a_guarded_request(
     answers: dict[str, httpx.Response | None] = {}
     get_stream = bytearray()
     with anyio.fail_after(30):
-        async with session(guarded(gated_server(gates), json_response=json_response)) as eve:
+        async with session(guarded(GatedServer(gates), json_response=json_response)) as eve:
 
             async def guarded_request() -> None:
                 try:
@@ -168,11 +181,10 @@ async def test_a_colliding_id_cannot_take_the_answer_to_a_guarded_request(
             colliding = answers["colliding"]
             assert colliding is not None
             assert "secret" not in colliding.text
-            assert only_message(colliding) == {
-                "jsonrpc": "2.0",
-                "id": colliding_id,
-                "result": {"content": [{"type": "text", "text": "gate done"}], "isError": False},
-            }
+            colliding_answer = only_message(colliding)
+            assert colliding_answer["id"] == colliding_id
+            assert type(colliding_answer["id"]) is type(colliding_id)
+            assert colliding_answer["result"]["content"] == [{"type": "text", "text": "gate done"}]
             guarded_answer = answers["guarded"]
             assert guarded_answer is not None, "the guarded request's answer was delivered elsewhere"
             answer = only_message(guarded_answer)
@@ -180,6 +192,7 @@ async def test_a_colliding_id_cannot_take_the_answer_to_a_guarded_request(
             assert answer["id"] == guarded_id
             if method == "tools/list":
                 assert [tool["name"] for tool in answer["result"]["tools"]] == ["add", "gate"]
+                assert "the launch codes" not in colliding.text
             else:
                 assert answer["result"]["content"][0]["text"] == "Unknown tool: secret"
             assert GUARD_ID_PREFIX not in guarded_answer.text + colliding.text
