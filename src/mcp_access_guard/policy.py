@@ -176,10 +176,16 @@ class ToolPolicy:
         if rules is None:
             return True, "not_covered"
         if family == "resource":
-            applicable = [rule for key, rule in rules.items() if key == name or uri_pattern(key).matches(name)]
-        else:
-            rule = rules.get(name)
-            applicable = [] if rule is None else [rule]
+            return self._decide_uri(rules, name, identity)
+        rule = rules.get(name)
+        if rule is None:
+            return self.default == "allow", f"default_{self.default}"
+        if rule.matches(identity):
+            return True, "rule_matched"
+        return False, "no_identity" if identity is None else "rule_not_matched"
+
+    def _decide_uri(self, rules: dict[str, Rule], uri: str, identity: AccessIdentity | None) -> tuple[bool, str]:
+        applicable = [rule for key, rule in rules.items() if key == uri or uri_pattern(key).matches(uri)]
         if not applicable:
             return self.default == "allow", f"default_{self.default}"
         if all(rule.matches(identity) for rule in applicable):

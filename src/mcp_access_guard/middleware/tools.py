@@ -522,12 +522,20 @@ def _header_mismatch(header: str) -> RejectedRequest:
 
 
 def _forwarded_headers(scope: Scope, verdict: _Verdict) -> list[tuple[bytes, bytes]]:
-    headers = MutableHeaders(raw=list(scope["headers"]))
-    if "content-length" in headers:
-        headers["content-length"] = str(len(verdict.body))
-    if verdict.mcp_name is not None and MCP_NAME_HEADER in headers:
-        headers[MCP_NAME_HEADER] = encode_header_value(verdict.mcp_name)
-    return headers.raw
+    """The request's headers with Content-Length (and Mcp-Name) saying what the edited body says."""
+    replacements = {b"content-length": str(len(verdict.body)).encode("latin-1")}
+    if verdict.mcp_name is not None and any(name == _MCP_NAME for name, _ in scope["headers"]):
+        replacements[_MCP_NAME] = encode_header_value(verdict.mcp_name).encode("latin-1")
+    headers = []
+    replaced = set()
+    for name, value in scope["headers"]:
+        if name in replacements:
+            if name in replaced:
+                continue  # one copy, as MutableHeaders keeps
+            replaced.add(name)
+            value = replacements[name]
+        headers.append((name, value))
+    return headers
 
 
 async def _send_refusal(refusal: RejectedRequest, send: Send) -> None:
