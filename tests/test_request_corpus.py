@@ -222,7 +222,9 @@ async def open_stack(*, stateful: bool, json_response: bool = False) -> AsyncIte
             cors=CORSSettings(allowed_hosts=ALLOWED_HOSTS),
             service_token=ServiceTokenSettings(secrets=SHARED_SECRETS, client_credentials={CLIENT_ID: CLIENT_SECRET}),
             tools=ToolPolicy(
-                {"secret": Rule(emails=[BOSS]), "café": Rule(emails=[BOSS]), "echo": Rule(service_tokens=["robot"])}
+                {"secret": Rule(emails=[BOSS]), "café": Rule(emails=[BOSS]), "echo": Rule(service_tokens=["robot"])},
+                prompts={"briefing": Rule(emails=[BOSS])},
+                resources={"users://{user_id}/profile": Rule(emails=[BOSS])},
             ),
         )
         counting = CountingApp(mcp_app(stateful=stateful, json_response=json_response))
