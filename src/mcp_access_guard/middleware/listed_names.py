@@ -9,8 +9,9 @@ unknown name.
 
 The listing is asked of the app itself, with the caller's own request (same path, headers and session, so the same
 identity and protocol era) and a body of the guard's making, the first time a name is not known, then again at most
-once per `REFRESH_INTERVAL` while names keep missing. What is learned is kept across callers: a name some caller was
-listed is a real name, and the app still decides for itself whom it serves.
+once per `REFRESH_INTERVAL` while names keep missing (one request at a time; a listing that failed, say for a
+caller's broken session, is asked again by the next miss). What is learned is kept across callers: a name some caller
+was listed is a real name, and the app still decides for itself whom it serves.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from ..jsonrpc import GuardId
 logger = logging.getLogger("mcp_access_guard")
 
 REFRESH_INTERVAL = 1.0
-"""Seconds between two listings asked because a name was missing: a flood of made-up names costs one per interval."""
+"""Seconds after a listing came in before a missing name asks for another: a flood of made-up names costs one per
+interval."""
 
 FETCH_TIMEOUT = 10.0
 MAX_PAGES = 100
@@ -73,7 +75,8 @@ class ListedNames:
         return name in self._names, [other for other in addressed if other != name]
 
     async def refresh(self, fetch: Fetch) -> None:
-        """Ask the app again, unless someone is already asking or a listing came in less than an interval ago."""
+        """Ask the app again, unless a request is already out (then wait for it) or a listing came in less than an
+        interval ago."""
         if self._refreshing is not None:
             await self._refreshing.wait()
             return
