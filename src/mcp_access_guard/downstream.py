@@ -13,9 +13,15 @@ from .identity import current_identity
 FORWARDED_TOKEN_HEADER = "Cf-Access-Token"
 
 
+class ForwardingRefused(RuntimeError):
+    """A request to a linked app on behalf of a caller who signed in through OAuth mode: there is no Access
+    assertion to forward, and the caller's bearer token belongs to this server alone."""
+
+
 class AccessForwardingAuth(httpx.Auth):
     """Adds the caller's Access assertion as `Cf-Access-Token` to requests for the listed hosts, and to no others:
-    only over https (plain http only to a loopback host), and only inside a guarded request.
+    only over https (plain http only to a loopback host), and only inside a guarded request. For a caller of OAuth
+    mode a request to a listed host raises `ForwardingRefused` rather than going out without the caller's identity.
 
     httpx runs an Auth once per request, not once per redirect hop, and copies custom headers onto each hop. So a
     client that follows redirects must also run `check_hop` on every hop; `forwarding_client()` builds one that does.
@@ -40,7 +46,13 @@ class AccessForwardingAuth(httpx.Auth):
     def _apply(self, request: httpx.Request) -> None:
         request.headers.pop(FORWARDED_TOKEN_HEADER, None)
         identity = current_identity()
-        if identity is not None and identity.token and self._may_receive(request.url):
+        if identity is None or not self._may_receive(request.url):
+            return
+        if identity.oauth_client_id is not None:
+            raise ForwardingRefused(
+                "the caller signed in through OAuth mode: there is no Access assertion to forward to a linked app"
+            )
+        if identity.token:
             request.headers[FORWARDED_TOKEN_HEADER] = identity.token
 
     def _may_receive(self, url: httpx.URL) -> bool:
