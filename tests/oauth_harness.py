@@ -147,7 +147,7 @@ def authorize_url(
     query: dict[str, str | None] = {
         "response_type": "code",
         "client_id": client.client_id,
-        "redirect_uri": redirect_uri or client.redirect_uri,
+        "redirect_uri": client.redirect_uri if redirect_uri is None else redirect_uri,
         "state": state,
         "code_challenge": pkce.challenge,
         "code_challenge_method": "S256",
