@@ -17,6 +17,7 @@ from .jsonrpc import DEFAULT_MAX_BODY_BYTES
 from .middleware.cors import DEFAULT_MCP_ORIGINS, HostPattern, validated_origins
 from .middleware.paths import HEALTH_PATH, parse_allow_entry
 from .middleware.service_token import DEFAULT_SECRET_HEADER, check_secret, check_secret_header
+from .oauth.config import OAuthConfig
 from .policy import Rule, ToolPolicy
 
 logger = logging.getLogger("mcp_access_guard")
@@ -61,10 +62,12 @@ class ServiceTokenSettings:
 
 @dataclass(frozen=True, slots=True)
 class GuardConfig:
-    """Every layer's settings. Each field but `access` has a safe default; set `paths` or `cors` to None to leave
-    that layer out. `access=None` leaves the server open, so it needs `dev=True` said out loud."""
+    """Every layer's settings. The credential layer is one of two modes: `access` (Cloudflare Access in front, its
+    assertion verified) or `oauth` (this server as the OAuth authorization server, Access for SaaS as the login).
+    Every other field has a safe default; set `paths` or `cors` to None to leave that layer out. Neither mode leaves
+    the server open, so it needs `dev=True` said out loud."""
 
-    access: AccessConfig | None
+    access: AccessConfig | None = None
     paths: PathSettings | None = PathSettings()
     cors: CORSSettings | None = CORSSettings()
     service_token: ServiceTokenSettings = ServiceTokenSettings()
@@ -74,9 +77,20 @@ class GuardConfig:
     tools: ToolPolicy | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dev: bool = False
+    oauth: OAuthConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.access is None and not self.dev:
+        if self.access is not None and self.oauth is not None:
+            raise ConfigError(
+                "both Access modes are configured: `access` (TEAM_DOMAIN, POLICY_AUD) verifies the assertion of a "
+                "self-hosted Access app, `oauth` (ACCESS_CLIENT_ID, ...) runs the OAuth server for Access for SaaS; "
+                "keep one"
+            )
+        if self.oauth is not None and (self.allow is not None or self.cookie or self.www_authenticate is not None):
+            raise ConfigError(
+                "allow, cookie and www_authenticate belong to the `access` mode; in OAuth mode use oauth.allow"
+            )
+        if self.access is None and self.oauth is None and not self.dev:
             raise ConfigError(
                 "no Access configuration (team domain and audience): the server would be open to anyone. "
                 "Set TEAM_DOMAIN and POLICY_AUD ([access] in TOML), or dev mode to run open on purpose"
@@ -114,7 +128,7 @@ class GuardConfig:
 
 # -- where each value came from ------------------------------------------------------------------------------------
 
-_TABLES = ("access", "paths", "cors", "service_token", "tools", "prompts", "resources")
+_TABLES = ("access", "oauth", "paths", "cors", "service_token", "tools", "prompts", "resources")
 _TOP_LEVEL = ("dev", "max_body_bytes")
 _RULE_KEYS = ("emails", "email_domains", "service_tokens", "groups")
 
@@ -164,10 +178,19 @@ def _env_value(env: Mapping[str, str], name: str, kind: str) -> Any:
 class _Document:
     """Settings as TOML tables, with the name of where each value came from, for messages."""
 
-    def __init__(self, tables: dict[str, dict[str, Any]], sources: dict[tuple[str, str], str]) -> None:
-        # Table "" holds the top-level keys.
+    def __init__(
+        self,
+        tables: dict[str, dict[str, Any]],
+        sources: dict[tuple[str, str], str],
+        environ: Mapping[str, str],
+        where: str = "environment",
+    ) -> None:
+        # Table "" holds the top-level keys. OAuth mode's settings are read by its own reader, from the [oauth] table
+        # and then `environ` for what it leaves out, so the environment is kept whole beside the tables.
         self.tables = tables
         self.sources = sources
+        self.environ = environ
+        self.where = where
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, restricted_tool: str | None = None) -> _Document:
@@ -188,7 +211,9 @@ class _Document:
             # With the tool named and no list set, nobody may use it.
             tables["tools"] = {tool: {key: rule.get(key, []) for key in _RULE_KEYS}}
             sources[("tools", tool)] = "ALLOWED_EMAILS"
-        return cls(tables, sources)
+        if env.get("ACCESS_CLIENT_ID", "").strip():
+            tables["oauth"] = {}  # OAuth mode, read from the environment alone
+        return cls(tables, sources, env)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> _Document:
@@ -218,14 +243,14 @@ class _Document:
             tables[key] = dict(value)
             for inner in value:
                 sources[(key, inner)] = f"{where}: [{key}] {inner}"
-        return cls(tables, sources)
+        return cls(tables, sources, {}, where)
 
     def over(self, fallback: _Document) -> _Document:
         """These settings, with `fallback`'s for every key these leave out (a tool's rule counts as one key)."""
         tables = {name: dict(table) for name, table in fallback.tables.items()}
         for name, table in self.tables.items():
             tables.setdefault(name, {}).update(table)
-        return _Document(tables, {**fallback.sources, **self.sources})
+        return _Document(tables, {**fallback.sources, **self.sources}, fallback.environ, self.where)
 
     # -- reading, each value checked against its one type --------------------------------------------------------
 
@@ -241,7 +266,8 @@ class _Document:
         allow = access.rule("allow")
         cookie = access.flag("cookie", False)
         www_authenticate = access.text("www_authenticate", None)
-        access_config = None if dev and access.empty else self._access_config(access)
+        oauth_config = self._oauth_config()
+        access_config = None if (dev or oauth_config is not None) and access.empty else self._access_config(access)
 
         paths = _Table(self, "paths")
         # A layer that is off still has its keys read and checked: a mistake there is reported, not hidden.
@@ -282,7 +308,14 @@ class _Document:
             tools=self._tool_policy(),
             max_body_bytes=max_body_bytes,
             dev=dev,
+            oauth=oauth_config,
         )
+
+    def _oauth_config(self) -> OAuthConfig | None:
+        table = self.tables.get("oauth")
+        if table is None:
+            return None
+        return OAuthConfig.from_mapping(table, self.where, environ=self.environ)
 
     def _access_config(self, access: _Table) -> AccessConfig:
         team_domain = access.text("team_domain", None)
