@@ -82,10 +82,11 @@ async def deployment(
     store: OAuthStore | None = None,
     bearer: dict[str, Any] | None = None,
     server_options: dict[str, Any] | None = None,
+    port: int | None = None,
     **config: Any,
 ) -> AsyncIterator[Deployment]:
     """OAuth mode in front of `app` (default: `mcp_app()`), on a port chosen first so the public URL is known."""
-    port = free_port()
+    port = port or free_port()
     public_url = f"http://127.0.0.1:{port}"
     store = store if store is not None else MemoryStore()
     server = OAuthServer(oauth_config(saas, public_url, **config), store=store, **(server_options or {}))
