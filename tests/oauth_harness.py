@@ -79,20 +79,24 @@ async def deployment(
     saas: LocalAccessSaaS,
     *,
     app: ASGIApp | None = None,
-    store: OAuthStore | None = None,
+    store: OAuthStore | str | None = None,
     bearer: dict[str, Any] | None = None,
     server_options: dict[str, Any] | None = None,
     port: int | None = None,
     **config: Any,
 ) -> AsyncIterator[Deployment]:
-    """OAuth mode in front of `app` (default: `mcp_app()`), on a port chosen first so the public URL is known."""
+    """OAuth mode in front of `app` (default: `mcp_app()`), on a port chosen first so the public URL is known.
+    `store` is a store to share, or a store URL for the server to open (and close) itself; default a MemoryStore."""
     port = port or free_port()
     public_url = f"http://127.0.0.1:{port}"
-    store = store if store is not None else MemoryStore()
-    server = OAuthServer(oauth_config(saas, public_url, **config), store=store, **(server_options or {}))
+    if isinstance(store, str):
+        server = OAuthServer(oauth_config(saas, public_url, store=store, **config), **(server_options or {}))
+    else:
+        shared = store if store is not None else MemoryStore()
+        server = OAuthServer(oauth_config(saas, public_url, **config), store=shared, **(server_options or {}))
     async with serve(compose(app or mcp_app(), server, **(bearer or {})), port=port) as url:
         assert url == public_url
-        yield Deployment(url, server, saas, store)
+        yield Deployment(url, server, saas, server.store)
 
 
 # -- the client's side --------------------------------------------------------------------------------------------
