@@ -150,6 +150,10 @@ async def whole_flow(site: Deployment, mode: str, **metadata: Any) -> None:
     )
 
 
+def files_starting(directory: Path, name: str) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(directory.iterdir()) if path.name.startswith(name))
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_sdk_client_public(local_access_saas: LocalAccessSaaS, mode: str) -> None:
     local_access_saas.login_as("alice@example.com", groups=["eng"])
@@ -170,7 +174,7 @@ async def test_sdk_client_on_sqlite(local_access_saas: LocalAccessSaaS, tmp_path
     async with deployment(local_access_saas, store=f"sqlite:///{database}") as site:
         await whole_flow(site, "auto")
     # What the server wrote (the file and its write-ahead log) holds the grant, and no token in the clear.
-    stored = b"".join(path.read_bytes() for path in tmp_path.iterdir() if path.name.startswith(database.name))
+    stored = files_starting(tmp_path, database.name)
     assert b"grant:" in stored
     assert b"client:" in stored
     for prefix in (b"mag_at_", b"mag_rt_", b"mag_ac_", b"mag_cs_"):

@@ -128,14 +128,14 @@ class ClientMetadataFetcher:
         self.fetches += 1
         try:
             with anyio.fail_after(self.timeout):
-                address = await self._public_address(host, port)
-                body, cache_control = await self._get(url, address)
+                body, cache_control = await self._get(url, await self._public_addresses(host, port))
         except TimeoutError:
             raise ClientMetadataRefused("timeout") from None
         record = self._record(url, body)
         return record, _lifetime(cache_control)
 
-    async def _public_address(self, host: str, port: int) -> str:
+    async def _public_addresses(self, host: str, port: int) -> list[str]:
+        """Every address the host resolves to, once each is known to be public."""
         try:
             infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError:
@@ -146,7 +146,7 @@ class ClientMetadataFetcher:
         for address in addresses:
             if not self._permitted(address):
                 raise ClientMetadataRefused("private_address")
-        return addresses[0]
+        return list(dict.fromkeys(addresses))
 
     def _permitted(self, address: str) -> bool:
         ip = ipaddress.ip_address(address.split("%")[0])
@@ -156,30 +156,39 @@ class ClientMetadataFetcher:
             return self.allow_loopback
         return ip.is_global and not ip.is_multicast
 
-    async def _get(self, url: str, address: str) -> tuple[bytes, str]:
+    async def _get(self, url: str, addresses: list[str]) -> tuple[bytes, str]:
+        """The document, from the first of the checked addresses that accepts a connection (never a name
+        resolved again, so a rebinding DNS answer cannot swap in another address)."""
+        for address in addresses:
+            try:
+                return await self._get_from(url, address)
+            except httpx.ConnectError:
+                continue
+            except httpx.HTTPError as exc:
+                raise ClientMetadataRefused(f"fetch_failed_{type(exc).__name__}") from None
+        raise ClientMetadataRefused("fetch_failed_ConnectError")
+
+    async def _get_from(self, url: str, address: str) -> tuple[bytes, str]:
         parts = urlsplit(url)
         host = parts.hostname or ""
         literal = f"[{address}]" if ":" in address else address
         pinned = parts._replace(netloc=f"{literal}:{parts.port or 443}").geturl()
         client = await self._http()
-        try:
-            async with client.stream(
-                "GET",
-                pinned,
-                headers={"Host": parts.netloc, "Accept": "application/json"},
-                extensions={"sni_hostname": host},
-            ) as response:
-                if response.status_code != 200:
-                    # Redirects included: never followed.
-                    raise ClientMetadataRefused(f"http_{response.status_code}")
-                body = bytearray()
-                async for chunk in response.aiter_raw():
-                    body += chunk
-                    if len(body) > self.max_bytes:
-                        raise ClientMetadataRefused("too_large")
-                return bytes(body), response.headers.get("cache-control", "")
-        except httpx.HTTPError as exc:
-            raise ClientMetadataRefused(f"fetch_failed_{type(exc).__name__}") from None
+        async with client.stream(
+            "GET",
+            pinned,
+            headers={"Host": parts.netloc, "Accept": "application/json"},
+            extensions={"sni_hostname": host},
+        ) as response:
+            if response.status_code != 200:
+                # Redirects included: never followed.
+                raise ClientMetadataRefused(f"http_{response.status_code}")
+            body = bytearray()
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise ClientMetadataRefused("too_large")
+            return bytes(body), response.headers.get("cache-control", "")
 
     async def _http(self) -> httpx.AsyncClient:
         if self._client is None:
