@@ -14,7 +14,7 @@ from ..audit import log_decision
 from ..config import ConfigError
 from ..identity import bind_identity
 from ..oauth.errors import UpstreamUnavailable
-from ..oauth.grants import BearerGrant, InvalidBearer
+from ..oauth.grants import REVOCATION_MEMORY, BearerGrant, InvalidBearer
 from ..oauth.records import access_token_key
 from ..oauth.server import OAuthServer
 from ..oauth.store import StoreUnavailable
@@ -23,6 +23,9 @@ from ..policy import Rule
 logger = logging.getLogger("mcp_access_guard")
 
 _LAYER = "oauth_bearer"
+# A revocation in another process is seen here when the cached lookup expires; this process's own revocations are
+# seen at once, for as long as the server remembers them: no cached lookup may outlive that.
+MAX_CACHE_TTL = REVOCATION_MEMORY
 _AUTHORIZATION = b"authorization"
 _BODY = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
 _WEBSOCKET_CLOSE = {401: 1008, 403: 1008, 503: 1013}
@@ -98,8 +101,10 @@ class OAuthBearerMiddleware:
         cache_ttl: float = 5.0,
         cache_size: int = 10_000,
     ) -> None:
-        if cache_ttl < 0 or cache_size < 1:
-            raise ConfigError("OAuthBearerMiddleware: cache_ttl must be 0 or more, cache_size 1 or more")
+        if not 0 <= cache_ttl <= MAX_CACHE_TTL or cache_size < 1:
+            raise ConfigError(
+                f"OAuthBearerMiddleware: cache_ttl must be 0 to {MAX_CACHE_TTL:g} seconds, cache_size 1 or more"
+            )
         self.app = app
         self.server = server
         self.rules = tuple(rule for rule in (server.config.allow, allow) if rule is not None)

@@ -35,7 +35,7 @@ from .records import (
     secret_matches,
 )
 from .store import OAuthStore
-from .web import BadRequest, json_response, oauth_error, read_body
+from .web import BadRequest, client_address, json_response, oauth_error, read_body
 
 logger = logging.getLogger("mcp_access_guard")
 
@@ -246,8 +246,7 @@ class Clients:
         except RegistrationRefused as refused:
             return self._refused(request, refused.error, refused.reason, refused.description)
 
-        address = request.scope.get("client")
-        per_address = await self.store.increment(f"register_addr:{address[0] if address else '-'}", window=_HOUR)
+        per_address = await self.store.increment(f"register_addr:{client_address(request)}", window=_HOUR)
         if per_address > self.config.registration_rate:
             return self._too_many(request, "registration_rate")
         if await self.store.increment("register_all", window=_DAY) > self.config.registration_cap:

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from urllib.parse import urlsplit
 
@@ -45,11 +45,11 @@ class PendingAuthorization(Record):
     client_id: str
     redirect_uri: str
     redirect_uri_sent: bool
-    client_state: str | None
+    client_state: str | None = field(repr=False)
     code_challenge: str
     scopes: tuple[str, ...]
     resource: str
-    nonce: str
+    nonce: str = field(repr=False)
     expires_at: float
 
 

@@ -60,6 +60,8 @@ REFRESH_GRACE = 30
 # a process that died meanwhile leaves a claim that the next refresh takes over.
 ROTATION_CLAIM_SECONDS = 30
 _ROTATION_POLL = 0.05
+# How long this process remembers the grants it revoked, so the bearer layer's cache drops their tokens at once.
+REVOCATION_MEMORY = 300.0
 # Claims of the id_token not kept with the grant: one-time values of the login.
 _LOGIN_ONLY_CLAIMS = ("nonce", "at_hash", "c_hash", "auth_time")
 
@@ -143,7 +145,7 @@ class Grants:
         self._reissue = ValueCipher(config.secret_key, "refresh-reissue")
         # Grants this process revoked lately: the bearer layer's cache drops their tokens at once here; other
         # processes see the revocation when their cached entry expires.
-        self.revoked: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=300)
+        self.revoked: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=REVOCATION_MEMORY)
 
     # -- the callback: a new grant and its code ----------------------------------------------------------------
 

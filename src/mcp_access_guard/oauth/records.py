@@ -13,7 +13,7 @@ import hmac
 import json
 import re
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Self, get_type_hints
 
 from .store import secret_key_id
@@ -78,7 +78,8 @@ def client_key(client_id: str) -> str:
 
 
 class Record:
-    """JSON in the store: compact, keys sorted, tuples back as tuples."""
+    """JSON in the store: compact, keys sorted, tuples back as tuples. Fields that hold a secret, or the hash or
+    sealed form of one, stay out of the repr."""
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()  # type: ignore[call-overload]
@@ -111,7 +112,7 @@ class ClientRecord(Record):
     client_id: str
     redirect_uris: tuple[str, ...]
     auth_method: str
-    secret_hash: str | None
+    secret_hash: str | None = field(repr=False)
     name: str | None
     scope: str | None
     grant_types: tuple[str, ...]
@@ -126,13 +127,13 @@ class TransactionRecord(Record):
     client_id: str
     redirect_uri: str
     redirect_uri_sent: bool
-    client_state: str | None
+    client_state: str | None = field(repr=False)
     code_challenge: str
     scopes: tuple[str, ...]
     resource: str
-    nonce: str
-    code_verifier: str
-    browser_hash: str
+    nonce: str = field(repr=False)
+    code_verifier: str = field(repr=False)
+    browser_hash: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,12 +169,12 @@ class GrantRecord(Record):
     issuer: str
     claims: dict[str, Any]
     created_at: float
-    refresh_key: str | None
-    previous_refresh_key: str | None
+    refresh_key: str | None = field(repr=False)
+    previous_refresh_key: str | None = field(repr=False)
     rotated_at: float
     rotating_since: float | None
-    reissue: str | None
-    upstream_refresh: str | None
+    reissue: str | None = field(repr=False)
+    upstream_refresh: str | None = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
