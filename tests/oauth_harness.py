@@ -240,7 +240,7 @@ async def tokens_for(url: str, client: Registered, **params: str | None) -> dict
 
 
 async def call_mcp(url: str, access_token: str | None, **headers: str) -> httpx.Response:
-    """One tools/list over the handshake-free modern era, with the bearer (if any)."""
+    """One MCP initialize POST to /mcp, with the bearer (if any)."""
     request_headers = {
         "Accept": "application/json, text/event-stream",
         "Content-Type": "application/json",

@@ -144,22 +144,19 @@ class FrontChannel:
             expires_at=time.time() + CONSENT_PAGE_TTL,
         )
         browser = self.keys.browser(request)
-        if (
-            browser is not None
-            and self.config.consent == "once"
-            and self.keys.remembered(request, client.client_id, redirect_uri)
-        ):
-            log_decision(request.scope, layer=_LAYER, decision="allow", reason="consent_remembered")
-            return await self._upstream_login(request, pending, browser)
         new_browser = browser is None
         browser = browser or self.keys.new_browser()
-        response = consent_page(
-            self.config,
-            client,
-            pending,
-            sealed=self.keys.seal(pending),
-            csrf=self.keys.csrf(browser, pending.nonce),
-        )
+        if self.config.consent == "once" and self.keys.remembered(request, client.client_id, redirect_uri):
+            log_decision(request.scope, layer=_LAYER, decision="allow", reason="consent_remembered")
+            response = await self._upstream_login(request, pending, browser)
+        else:
+            response = consent_page(
+                self.config,
+                client,
+                pending,
+                sealed=self.keys.seal(pending),
+                csrf=self.keys.csrf(browser, pending.nonce),
+            )
         if new_browser:
             self.keys.set_browser(response, browser)
         return response
