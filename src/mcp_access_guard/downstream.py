@@ -18,9 +18,15 @@ FORWARDED_TOKEN_HEADER = "Cf-Access-Token"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
+class ForwardingRefused(RuntimeError):
+    """A request to a linked app on behalf of a caller who signed in through OAuth mode: there is no Access
+    assertion to forward, and the caller's bearer token belongs to this server alone."""
+
+
 class AccessForwardingAuth(httpx.Auth):
     """Adds the caller's Access assertion as `Cf-Access-Token` to requests for the listed services, and to no others:
-    only over https, or plain http to a loopback host; only inside a guarded request.
+    only over https, or plain http to a loopback host; only inside a guarded request. For a caller of OAuth mode, a
+    request to a listed service raises `ForwardingRefused` rather than going out without the caller's identity.
 
     A service is a host and a port: `reports.example.com` is that host on the default port (443 for https),
     `127.0.0.1:8001` that port only. Another port on a listed host is another service and gets nothing.
@@ -54,7 +60,13 @@ class AccessForwardingAuth(httpx.Auth):
     def _apply(self, request: httpx.Request) -> None:
         request.headers.pop(FORWARDED_TOKEN_HEADER, None)
         identity = current_identity()
-        if identity is not None and identity.token and self._may_receive(request.url):
+        if identity is None or not self._may_receive(request.url):
+            return
+        if identity.oauth_client_id is not None:
+            raise ForwardingRefused(
+                "the caller signed in through OAuth mode: there is no Access assertion to forward to a linked app"
+            )
+        if identity.token:
             request.headers[FORWARDED_TOKEN_HEADER] = identity.token
 
     def _may_receive(self, url: httpx.URL) -> bool:
