@@ -24,6 +24,7 @@ from .bodies import (
 )
 from .ids import GUARD_ID_PREFIX, MARKER, GuardId, caller_id_text, guard_ids_in, restore
 from .responses import (
+    DROP_EVENT,
     Replacement,
     Rewrite,
     SSERewriter,
@@ -36,6 +37,7 @@ from .responses import (
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DROP_EVENT",
     "GUARD_ID_PREFIX",
     "MARKER",
     "REWRITE_ROOM",

@@ -11,7 +11,12 @@ Replacement = tuple[bytes, bytes]
 """Every occurrence of the first bytes becomes the second."""
 
 Rewrite = Callable[[str], str | None]
-"""One JSON-RPC message's text in, its replacement out, or None to leave it exactly as it was."""
+"""One JSON-RPC message's text in, its replacement out, or None to leave it exactly as it was. On an event stream,
+`DROP_EVENT` takes the whole event out."""
+
+DROP_EVENT = ""
+"""What a `Rewrite` returns for an event that must not reach the client (an answer to one of the guard's own
+requests): no JSON-RPC message is empty."""
 
 
 def same_json_value(a: Any, b: Any) -> bool:
@@ -150,6 +155,8 @@ class SSERewriter:
         rewritten = self._rewrite(data)
         if rewritten is None:
             return original
+        if rewritten == DROP_EVENT:
+            return b""
         out = bytearray()
         for line, ending in frame:
             if _field_name(line) != b"data":

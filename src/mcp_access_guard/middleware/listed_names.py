@@ -12,6 +12,10 @@ identity and protocol era) and a body of the guard's making, the first time a na
 once per `REFRESH_INTERVAL` while names keep missing (one request at a time; a listing that failed, say for a
 caller's broken session, is asked again by the next miss). What is learned is kept across callers: a name some caller
 was listed is a real name, and the app still decides for itself whom it serves.
+
+On the older HTTP+SSE transport the app answers the POST with `202 Accepted` and sends the listing on the session's
+event stream; the tool layer, which rewrites that stream, hands it over (`StreamedAnswers`) and keeps it from the
+client.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from starlette.types import ASGIApp, Message, Scope
 from ..jsonrpc import GuardId
 
 logger = logging.getLogger("mcp_access_guard")
+
+FETCH_KIND = "l"
+"""The letter in the guard's ids for its own listing requests: their answers are never the client's."""
 
 REFRESH_INTERVAL = 1.0
 """Seconds after a listing came in before a missing name asks for another: a flood of made-up names costs one per
@@ -48,6 +55,7 @@ _DROPPED = frozenset(
         b"content-encoding",
         b"transfer-encoding",
         b"accept",
+        b"accept-encoding",
         b"mcp-method",
         b"mcp-name",
         b"last-event-id",
@@ -106,6 +114,38 @@ class ListedNames:
                 self._by_address.setdefault(address, set()).add(name)
 
 
+class _Waiting:
+    __slots__ = ("answer", "arrived")
+
+    def __init__(self) -> None:
+        self.arrived = anyio.Event()
+        self.answer: Any = None
+
+
+class StreamedAnswers:
+    """Answers to the guard's listing requests that come on an event stream rather than in the POST's response.
+
+    The stream is served in this process (so is the session it belongs to), by the layer that rewrites it: that
+    layer calls `deliver` for each such answer, which the request waiting on it then takes.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, _Waiting] = {}
+
+    def deliver(self, request_id: str, answer: Any) -> None:
+        waiting = self._waiting.get(request_id)
+        if waiting is not None:
+            waiting.answer = answer
+            waiting.arrived.set()
+
+    def expect(self, request_id: str) -> _Waiting:
+        waiting = self._waiting[request_id] = _Waiting()
+        return waiting
+
+    def forget(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+
 def _fastmcp_address(entry: dict[str, Any]) -> str | None:
     meta = entry.get("_meta")
     fastmcp = meta.get("fastmcp") if isinstance(meta, dict) else None
@@ -114,17 +154,26 @@ def _fastmcp_address(entry: dict[str, Any]) -> str | None:
 
 
 async def fetch_listing(
-    app: ASGIApp, scope: Scope, *, method: str, list_key: str, kind: str, meta: dict[str, Any] | None
+    app: ASGIApp,
+    scope: Scope,
+    *,
+    method: str,
+    list_key: str,
+    meta: dict[str, Any] | None,
+    streamed: StreamedAnswers,
 ) -> list[Any] | None:
-    """Every entry of the app's `method` listing, page by page, asked as the caller of `scope`; None if it fails."""
+    """Every entry of the app's `method` listing, page by page, asked as the caller of `scope`; None if it fails.
+
+    An answer that does not come in the response (`202 Accepted`) is waited for on `streamed`."""
     entries: list[Any] = []
     cursor: Any = None
     for _ in range(MAX_PAGES):
         params: dict[str, Any] = {} if meta is None else {"_meta": meta}
         if cursor is not None:
             params["cursor"] = cursor
-        request_id = GuardId.new(kind, '"listing"').text
-        answer = await _ask(app, scope, {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        request_id = GuardId.new(FETCH_KIND, '"listing"').text
+        request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        answer = await _ask(app, scope, request, streamed)
         result = answer.get("result") if isinstance(answer, dict) else None
         page = result.get(list_key) if isinstance(result, dict) else None
         if not isinstance(page, list):
@@ -137,8 +186,9 @@ async def fetch_listing(
     return entries
 
 
-async def _ask(app: ASGIApp, scope: Scope, request: dict[str, Any]) -> Any:
-    """The app's answer to one JSON-RPC request sent as the caller of `scope` would send it (JSON or SSE)."""
+async def _ask(app: ASGIApp, scope: Scope, request: dict[str, Any], streamed: StreamedAnswers) -> Any:
+    """The app's answer to one JSON-RPC request sent as the caller of `scope` would send it (JSON or SSE in the
+    response, or on the session's event stream)."""
     body = json.dumps(request, separators=(",", ":")).encode()
     headers = [
         (name, value) for name, value in scope["headers"] if name not in _DROPPED and not name.startswith(b"mcp-param-")
@@ -152,6 +202,7 @@ async def _ask(app: ASGIApp, scope: Scope, request: dict[str, Any]) -> Any:
         headers.append((b"mcp-method", request["method"].encode()))
     response = bytearray()
     media_type = b""
+    status = 0
     finished = anyio.Event()
     delivered = False
 
@@ -164,23 +215,31 @@ async def _ask(app: ASGIApp, scope: Scope, request: dict[str, Any]) -> Any:
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
-        nonlocal media_type
+        nonlocal media_type, status
         if message["type"] == "http.response.start":
+            status = message["status"]
             media_type = dict(message.get("headers", [])).get(b"content-type", b"").split(b";")[0].strip().lower()
         elif message["type"] == "http.response.body":
             response.extend(message.get("body", b""))
             if not message.get("more_body", False):
                 finished.set()
 
+    waiting = streamed.expect(request["id"])
+    answer = None
     try:
         with anyio.move_on_after(FETCH_TIMEOUT):
             await app(dict(scope, method="POST", headers=headers), receive, send)
+            answer = _answer_in(bytes(response), media_type, request["id"])
+            if answer is None and status == 202:
+                await waiting.arrived.wait()
+                answer = waiting.answer
     except Exception:
         logger.warning("could not learn the app's %s: asking it failed", request["method"], exc_info=True)
         return None
     finally:
         finished.set()
-    return _answer_in(bytes(response), media_type, request["id"])
+        streamed.forget(request["id"])
+    return answer
 
 
 def _answer_in(body: bytes, media_type: bytes, request_id: str) -> Any:

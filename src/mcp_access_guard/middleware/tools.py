@@ -10,6 +10,11 @@ template covers every URI the template could match.
 
 `tools/list` (and the prompt and resource listings) are filtered in the response, JSON or SSE, per caller.
 
+On the older HTTP+SSE transport every POST is answered `202 Accepted` and its answer comes on the session's event
+stream (`GET /sse`): that stream is rewritten as a GET stream is (below), for the principal who opened it, which
+`SSESessionMiddleware` makes the only one who may post to it. Answers to the guard's own listing requests are taken
+off it.
+
 An answer the guard rewrites must come back where the guard can rewrite it, whatever else the client sends: such a
 request travels under an id of the guard's own (see `jsonrpc.ids`), so no other request's id can take its answer,
 and the caller's id is put back in the answer. The id says how the answer is to be rewritten, so the session's GET
@@ -18,6 +23,9 @@ stream (where a resumed stream is replayed) is rewritten the same way; markers a
 A tool or prompt may have more than one name at the server (FastMCP's hashed addresses, say). When the policy has
 rules, a name without a rule of its own is allowed only if the app lists it (see `listed_names`). What the guard
 cannot see: a tool whose own code runs another tool, prompt or resource named in its arguments.
+
+Answers this layer rewrites are asked for without `Accept-Encoding`, and one that comes back compressed anyway is
+refused (502) rather than passed on unread.
 
 Two answers the SDK gets wrong are put right here: a GET that asks to resume a stream, which the SDK without an event
 store leaves unanswered (a 500 from the server), gets a 400; and a request whose session its client ends while it is
@@ -31,6 +39,8 @@ Mount this layer around the MCP endpoint; it reads every POST that reaches it.
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import re
 import unicodedata
 from collections import OrderedDict
@@ -45,8 +55,9 @@ from mcp.shared.inbound import (
     decode_header_value,
     encode_header_value,
 )
-from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST
+from mcp_types import HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 from starlette.datastructures import MutableHeaders
+from starlette.routing import Mount, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
@@ -54,6 +65,7 @@ from ..audit import log_decision
 from ..identity import AccessIdentity, current_identity
 from ..jsonrpc import (
     DEFAULT_MAX_BODY_BYTES,
+    DROP_EVENT,
     GUARD_ID_PREFIX,
     MARKER,
     ClientGone,
@@ -80,9 +92,10 @@ from ..jsonrpc import (
     value_span,
 )
 from ..policy import Family, ToolPolicy
-from .listed_names import ListedNames, fetch_listing
+from .listed_names import FETCH_KIND, ListedNames, StreamedAnswers, fetch_listing
 
 LAYER = "tool_policy"
+logger = logging.getLogger("mcp_access_guard")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +160,7 @@ class ToolPolicyMiddleware:
         self.max_body_bytes = max_body_bytes
         self._listed: dict[Family, ListedNames] = {"tool": ListedNames(), "prompt": ListedNames()}
         self._ended_sessions: OrderedDict[str, None] = OrderedDict()
+        self._streamed = StreamedAnswers()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -154,9 +168,11 @@ class ToolPolicyMiddleware:
             log_decision(scope, layer=LAYER, decision="deny", reason="websocket", principal=_principal())
             await WebSocketClose(code=1008)(scope, receive, send)
             return
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
             return
+        if scope["type"] != "http":
+            return  # a kind of connection this layer knows nothing of does not reach the app
         # Methods are case-sensitive, but a server that folds them must not see an uninspected POST.
         method = scope["method"].upper()
         if method == "POST":
@@ -325,7 +341,7 @@ class ToolPolicyMiddleware:
         # The caller's protocol metadata, which a modern-era app needs; not its progress token.
         meta = {key: value for key, value in meta.items() if key != "progressToken"} if isinstance(meta, dict) else None
         return await fetch_listing(
-            self.app, scope, method=method, list_key=listing.list_key, kind=listing.kind, meta=meta
+            self.app, scope, method=method, list_key=listing.list_key, meta=meta, streamed=self._streamed
         )
 
     def _keeper(self, listing: _Listing, identity: AccessIdentity | None) -> Callable[[Any], bool]:
@@ -343,6 +359,8 @@ class ToolPolicyMiddleware:
 
     async def _serve_get(self, scope: Scope, receive: Receive, send: Send) -> None:
         identity = current_identity()
+        if any(name == b"accept-encoding" for name, _ in scope["headers"]):
+            scope = dict(scope, headers=[header for header in scope["headers"] if header[0] != b"accept-encoding"])
         answer = _Answer(send, rewrite=self._scrubber(identity), streams_only=True)
         await self.app(scope, receive, answer.send)
         if answer.started or not any(name == b"last-event-id" for name, _ in scope["headers"]):
@@ -355,13 +373,19 @@ class ToolPolicyMiddleware:
 
     def _scrubber(self, identity: AccessIdentity | None) -> Rewrite:
         """A rewrite for messages that reach a stream the guard did not send the request on (a resumed stream
-        replayed on the GET stream): each answer under a guard id gets the rewrite that id asks for."""
+        replayed on the GET stream, every answer of the HTTP+SSE transport): each answer under a guard id gets the
+        rewrite that id asks for, and answers to the guard's own listing requests go to it instead."""
 
         def scrub(text: str) -> str | None:
             if GUARD_ID_PREFIX not in text and "-denied-" not in text:
                 return None
             rewritten = text
             for guard_id in guard_ids_in(text):
+                if guard_id.kind == FETCH_KIND:
+                    answer = _answer_to(text, guard_id.text)
+                    if answer is not None:
+                        self._streamed.deliver(guard_id.text, answer)
+                        return DROP_EVENT
                 listing = _LISTING_KINDS.get(guard_id.kind)
                 if listing is not None:
                     keep = self._keeper(listing, identity)
@@ -399,6 +423,15 @@ class ToolPolicyMiddleware:
         if session is None:
             return None
         return lambda: session in self._ended_sessions
+
+
+def _answer_to(text: str, request_id: str) -> dict[str, Any] | None:
+    """The JSON-RPC response in `text` if it answers `request_id`."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) and message.get("id") == request_id else None
 
 
 def _principal(identity: AccessIdentity | None = None) -> str | None:
@@ -529,6 +562,8 @@ def _forwarded_headers(scope: Scope, verdict: _Verdict) -> list[tuple[bytes, byt
     headers = []
     replaced = set()
     for name, value in scope["headers"]:
+        if name == b"accept-encoding":
+            continue  # an answer to rewrite must come back readable
         if name in replacements:
             if name in replaced:
                 continue  # one copy, as MutableHeaders keeps
@@ -536,6 +571,14 @@ def _forwarded_headers(scope: Scope, verdict: _Verdict) -> list[tuple[bytes, byt
             value = replacements[name]
         headers.append((name, value))
     return headers
+
+
+def _encoded(headers: MutableHeaders) -> bool:
+    return any(
+        coding.strip().lower() not in ("", "identity")
+        for value in headers.getlist("content-encoding")
+        for coding in value.split(",")
+    )
 
 
 async def _send_refusal(refusal: RejectedRequest, send: Send) -> None:
@@ -607,6 +650,12 @@ class _Answer:
             self._rewrite = None
         if not (streaming or media_type == "application/json" or media_type.endswith("+json")):
             self._rewrite = None  # not JSON-RPC messages: only the byte replacements apply
+        if (self._rewrite is not None or self._replacements) and _encoded(headers):
+            # Asked for without Accept-Encoding, and still compressed: what cannot be read is not passed on.
+            logger.error("the app compressed an answer the tool policy must rewrite; it was refused (502)")
+            self._dropping = True
+            await _send_error(self._send, 502, INTERNAL_ERROR, "Bad Gateway: the server's answer could not be read")
+            return
         if streaming or "content-length" not in headers:
             if self._rewrite is not None and streaming:
                 self._sse = SSERewriter(self._rewrite)
@@ -645,3 +694,30 @@ class _Answer:
         headers["content-length"] = str(len(body))
         await self._send({**self._start, "headers": headers.raw})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def websocket_routes(app: object) -> list[str]:
+    """The paths of the WebSocket routes in `app`, as far as Starlette's routers (FastAPI's too) and middleware that
+    keeps its inner app as `.app` can be seen into. This layer closes every websocket, so `guard()` refuses to put a
+    tool policy in front of such a route rather than serve it broken."""
+    found: list[str] = []
+    seen: set[int] = set()
+    pending: list[tuple[object, str]] = [(app, "")]
+    while pending:
+        node, prefix = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, WebSocketRoute):
+            found.append(prefix + node.path)
+            continue
+        if isinstance(node, Mount):
+            pending += [(route, prefix + node.path) for route in node.routes]
+            continue
+        routes = getattr(node, "routes", None)
+        if isinstance(routes, list):
+            pending += [(route, prefix) for route in routes]
+        inner = getattr(node, "app", None)
+        if inner is not None:
+            pending.append((inner, prefix))
+    return sorted(found)

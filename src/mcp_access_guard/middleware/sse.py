@@ -1,0 +1,190 @@
+"""Session binding for the older HTTP+SSE transport: a session's messages come only from the caller who opened it.
+
+On that transport (`MCPServer.sse_app()`, FastMCP's `transport="sse"`) a client opens an event stream (`GET /sse`)
+whose first event, `endpoint`, names where to post: `/messages/?session_id=<id>`. Every message posted there is
+answered `202 Accepted`, and its answer comes on the stream. The id in the query is all that ties a POST to a
+session.
+
+This layer reads the `endpoint` event of every event stream it passes and notes whose session it names (before the
+client can see it), for as long as the stream is open. A request whose query names a session (`session_id`, or
+`sessionId` as other servers spell it) goes on only from the principal that opened it, with the query naming it as
+the app wrote it; from anyone else, or for a session not open here, the query names a random new session instead, so
+the app answers as it answers for a session it does not have, in its own words. An event stream whose `endpoint`
+names no session this layer can read is ended at once: its messages could not be bound.
+
+The `mcp` SDK (2.3) makes the same check itself, when the caller is bound as this library binds it; this layer holds
+whatever the server checks. A session lives in the process that opened its stream, in the SDK and here: with several
+workers, the SSE transport needs sticky sessions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Final
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..audit import log_decision
+from ..identity import AccessIdentity, current_identity
+
+LAYER = "sse_session"
+SESSION_PARAMETERS: Final = frozenset({"session_id", "sessionId"})
+_MAX_FIRST_EVENT = 8 * 1024  # the endpoint event is a short URI; a stream that starts otherwise is not watched
+
+Owner = tuple[str, str, str, str | None] | None
+"""Who opened a session: (issuer, subject, principal, OAuth client), or None for no identity (open mode)."""
+
+
+def _owner(identity: AccessIdentity | None) -> Owner:
+    if identity is None:
+        return None
+    return identity.issuer, identity.subject, identity.principal, identity.oauth_client_id
+
+
+def _session_key(value: str) -> str:
+    """One key for every spelling of a session id the app reads as the same one (the SDK parses `UUID(hex=...)`,
+    which takes upper case, hyphens, braces and a `urn:uuid:` prefix)."""
+    try:
+        return uuid.UUID(hex=value).hex
+    except ValueError:
+        return value
+
+
+class SSESessionMiddleware:
+    """Bind each HTTP+SSE session to the principal that opened its stream (see the module's docstring)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # session key -> (owner, the query parameter, the id exactly as the app wrote it)
+        self._sessions: dict[str, tuple[Owner, str, str]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("query_string"):
+            scope = self._bound(scope)
+        if scope["method"].upper() == "GET":
+            await self._serve_stream(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _bound(self, scope: Scope) -> Scope:
+        """`scope` with its query naming the session as the app wrote it, if the caller opened it; else a session
+        nobody has. Queries that name none pass as they came."""
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        named = [value for name, value in pairs if name in SESSION_PARAMETERS]
+        if not named:
+            return scope
+        identity = current_identity()
+        keys = {_session_key(value) for value in named}
+        session = self._sessions.get(keys.pop()) if len(keys) == 1 else None
+        if session is not None and session[0] == _owner(identity):
+            replacement = session[2]
+            log_decision(scope, layer=LAYER, decision="allow", reason="session_owner", principal=_principal(identity))
+        else:
+            replacement = uuid.uuid4().hex
+            reason = "unknown_session" if session is None else "not_session_owner"
+            log_decision(scope, layer=LAYER, decision="deny", reason=reason, principal=_principal(identity))
+        query = urlencode([(name, replacement if name in SESSION_PARAMETERS else value) for name, value in pairs])
+        return dict(scope, query_string=query.encode("latin-1"))
+
+    async def _serve_stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = _FirstEvent()
+        opened: list[str] = []
+        ended = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal ended
+            if ended:
+                return
+            if message["type"] == "http.response.start":
+                media_type = Headers(raw=message.get("headers", [])).get("content-type", "").split(";")[0]
+                watch.active = media_type.strip().lower() == "text/event-stream"
+            elif message["type"] == "http.response.body" and watch.active:
+                event = watch.feed(message.get("body", b""))
+                if event is not None and event[0] == "endpoint":
+                    session = _named_session(event[1])
+                    if session is None:
+                        # Messages to this stream's session could not be bound to its owner: end it here.
+                        log_decision(scope, layer=LAYER, decision="deny", reason="endpoint_unbindable")
+                        ended = True
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        return
+                    key = _session_key(session[1])
+                    self._sessions[key] = (_owner(current_identity()), *session)
+                    opened.append(key)
+                    log_decision(
+                        scope, layer=LAYER, decision="allow", reason="session_opened", principal=_principal()
+                    )
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        finally:
+            for key in opened:
+                self._sessions.pop(key, None)
+
+
+def _principal(identity: AccessIdentity | None = None) -> str | None:
+    identity = identity or current_identity()
+    return identity.principal if identity is not None else None
+
+
+def _named_session(endpoint: str) -> tuple[str, str] | None:
+    """(query parameter, session id) from an `endpoint` event's URI; None unless it names exactly one session."""
+    pairs = parse_qsl(urlsplit(endpoint).query, keep_blank_values=True)
+    named = [(name, value) for name, value in pairs if name in SESSION_PARAMETERS]
+    return named[0] if len(named) == 1 and named[0][1] else None
+
+
+class _FirstEvent:
+    """The name and data of an event stream's first event, from chunks of any size; comments skipped."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> tuple[str, str] | None:
+        """The first event once it is complete (then stops watching); None until then."""
+        self._buffer += chunk
+        name = "message"
+        data: list[str] = []
+        for line, complete in _lines(bytes(self._buffer)):
+            if not complete:
+                break
+            if not line:
+                if data:
+                    self.active = False
+                    self._buffer = bytearray()
+                    return name, "\n".join(data)
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+        if len(self._buffer) > _MAX_FIRST_EVENT:
+            self.active = False
+        return None
+
+
+def _lines(buffer: bytes) -> Iterator[tuple[str, bool]]:
+    """Each line of `buffer` (CRLF, CR or LF ends it) and whether its end has arrived."""
+    text = buffer.decode("utf-8", errors="replace")
+    start = 0
+    while start < len(text):
+        ends = [at for at in (text.find("\r", start), text.find("\n", start)) if at != -1]
+        if not ends:
+            yield text[start:], False
+            return
+        at = min(ends)
+        if text[at] == "\r" and at + 1 == len(text):
+            yield text[start:at], False  # perhaps the first half of CRLF
+            return
+        yield text[start:at], True
+        start = at + 2 if text.startswith("\r\n", at) else at + 1
