@@ -10,6 +10,7 @@ import pytest
 from starlette.types import Message
 
 from mcp_access_guard.jsonrpc import (
+    DROP_EVENT,
     GUARD_ID_PREFIX,
     ClientGone,
     GuardId,
@@ -249,6 +250,14 @@ def test_sse_rewriter_filters_the_answer_whatever_the_chunking_and_line_endings(
     out = run_sse(SSERewriter(listing_filter(9, "tools", keep_public)), stream, chunk_size)
     expected = f": keepalive{ending}{ending}".encode() + sse(notification, listing(9, ["add"]), ending=ending)
     assert out == expected
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 10_000])
+def test_sse_rewriter_drops_the_events_a_rewrite_takes_out_whatever_the_chunking(chunk_size: int) -> None:
+    ours, theirs = listing("guards-own", ["add"]), listing(3, ["add"])
+    stream = b": ping\r\n\r\n" + sse(theirs, ours, theirs)
+    rewriter = SSERewriter(lambda text: DROP_EVENT if '"guards-own"' in text else None)
+    assert run_sse(rewriter, stream, chunk_size) == b": ping\r\n\r\n" + sse(theirs, theirs)
 
 
 def test_sse_rewriter_passes_untouched_frames_byte_for_byte() -> None:

@@ -491,3 +491,37 @@ def test_guard_serves_the_sse_and_streamable_apps_with_a_policy(local_access: Lo
     server = sse_server()
     for app in (server.sse_app(), server.streamable_http_app()):
         assert guard(app, site_config(local_access)) is not None
+
+
+# -- the example ------------------------------------------------------------------------------------------------------
+
+
+async def test_the_sse_example_under_uvicorn(local_access: LocalAccess, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_examples_and_demo import load_example
+
+    monkeypatch.setenv("TEAM_DOMAIN", local_access.url)
+    monkeypatch.setenv("POLICY_AUD", local_access.audience)
+    monkeypatch.setenv("ALLOWED_EMAILS", ALICE)
+    monkeypatch.delenv("GUARD_PATHS", raising=False)
+    example = load_example("sse_server")
+    seen = {}
+    async with serve(example.app) as url, httpx.AsyncClient() as http:
+        for name, token in (
+            ("robot", local_access.service_token("robot.access")),
+            (ALICE, user_token(local_access, ALICE)),
+            (BOB, user_token(local_access, BOB)),
+        ):
+            async with Client(sse_client(f"{url}/sse", headers={ASSERTION: token}), mode="legacy") as client:
+                names = [tool.name for tool in (await client.list_tools()).tools]
+                image = text_of(await client.call_tool("generate_image", {"prompt": "a cat"}))
+                who = text_of(await client.call_tool("whoami", {}))
+            seen[name] = (names, image, who)
+        health = await http.get(f"{url}/health")
+        streamable = await http.post(f"{url}/mcp", json={})
+    assert seen == {
+        "robot": (["add", "whoami"], "Unknown tool: generate_image", "service token robot.access"),
+        ALICE: (["add", "generate_image", "whoami"], "an image of a cat", f"user {ALICE}"),
+        BOB: (["add", "whoami"], "Unknown tool: generate_image", f"user {BOB}"),
+    }
+    assert health.json() == {"status": "ok"}
+    assert streamable.status_code == 404
