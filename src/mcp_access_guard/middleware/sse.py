@@ -67,7 +67,8 @@ class SSESessionMiddleware:
             return
         if scope.get("query_string"):
             scope = self._bound(scope)
-        if scope["method"].upper() == "GET":
+        method = scope["method"]
+        if method != "POST" and method.upper() == "GET":  # a server that folds case must not open an unwatched one
             await self._serve_stream(scope, receive, send)
         else:
             await self.app(scope, receive, send)
