@@ -525,3 +525,37 @@ async def test_the_sse_example_under_uvicorn(local_access: LocalAccess, monkeypa
     }
     assert health.json() == {"status": "ok"}
     assert streamable.status_code == 404
+
+
+async def test_an_oauth_client_discovers_logs_in_and_uses_the_sse_transport(local_access_saas: LocalAccessSaaS) -> None:
+    # OAuth mode over HTTP+SSE: the protected resource is the stream's URL (`resource_path="/sse"`), which is what
+    # an OAuth client connecting to `/sse` asks for and checks; the same token then goes with every POST.
+    from mcp.client.auth import OAuthClientProvider
+    from mcp.shared.auth import OAuthClientMetadata
+
+    from test_oauth_sdk import MemoryTokens, ScriptedPerson
+
+    port = free_port()
+    public_url = f"http://127.0.0.1:{port}"
+    oauth = oauth_config(local_access_saas, public_url, resource_path="/sse")
+    config = GuardConfig(oauth=oauth, paths=PathSettings(SSE_PATHS), tools=POLICY)
+    seen = {}
+    async with serve(guard(sse_server().sse_app(), config), port=port) as url:
+        for email in (ALICE, BOB):
+            local_access_saas.login_as(email)
+            person = ScriptedPerson(f"http://127.0.0.1:{free_port()}/callback")
+            provider = OAuthClientProvider(
+                server_url=f"{url}/sse",
+                client_metadata=OAuthClientMetadata(redirect_uris=[person.redirect_uri], client_name="SSE client"),
+                storage=MemoryTokens(),
+                redirect_handler=person.redirect,
+                callback_handler=person.callback,
+            )
+            async with Client(sse_client(f"{url}/sse", auth=provider), mode="legacy") as client:
+                names = [tool.name for tool in (await client.list_tools()).tools]
+                image = text_of(await client.call_tool("generate_image", {"prompt": "a cat"}))
+            seen[email] = (names, image, person.consent_pages)
+    assert seen == {
+        ALICE: (["add", "whoami", "generate_image"], "image of a cat", 1),
+        BOB: (["add", "whoami"], "Unknown tool: generate_image", 1),
+    }
