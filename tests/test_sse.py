@@ -26,6 +26,7 @@ from starlette.websockets import WebSocket
 from mcp_access_guard import ConfigError, GuardConfig
 from mcp_access_guard.middleware.access import AccessJWTMiddleware
 from mcp_access_guard.middleware.sse import SSESessionMiddleware
+from mcp_access_guard.middleware.tools import ToolPolicyMiddleware
 from mcp_access_guard.settings import PathSettings
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import LocalAccess, LocalAccessSaaS, free_port, serve
@@ -46,6 +47,7 @@ from sse_support import (
     sse_server,
     user_token,
 )
+from support import INITIALIZE_PARAMS
 
 pytestmark = pytest.mark.anyio
 
@@ -264,6 +266,40 @@ async def test_a_name_without_a_rule_is_checked_against_the_listing_asked_on_the
     assert added.message["result"]["structuredContent"] == {"result": 5}
     assert made_up.message["result"]["content"][0]["text"] == "Unknown tool: ADD"
     assert ids == [0, 1, 2]
+
+
+def message_endpoint_alone_guarded(app: Starlette) -> Starlette:
+    """`app` (an `sse_app()`) with the tool policy around its message endpoint only, not its stream."""
+    (messages,) = [route for route in app.routes if isinstance(route, Mount)]
+    messages.app = ToolPolicyMiddleware(messages.app, POLICY)
+    return app
+
+
+@pytest.mark.parametrize("whole_app", [False, True], ids=["message endpoint alone", "the whole app"])
+async def test_a_policy_that_cannot_see_the_stream_lets_no_message_through(
+    local_access: LocalAccess, whole_app: bool
+) -> None:
+    # The SDK's SseServerTransport docstring mounts the message endpoint on its own: a policy wrapped around it alone
+    # would judge the POSTs but leave their answers, on a stream it never sees, unfiltered and marked.
+    runs: list[str] = []
+    app: ASGIApp = sse_server(runs).sse_app()
+    app = ToolPolicyMiddleware(app, POLICY) if whole_app else message_endpoint_alone_guarded(app)
+    async with (
+        serve(AccessJWTMiddleware(app, config=local_access.config())) as url,
+        session(url, {ASSERTION: user_token(local_access, BOB)}, initialize=False) as bob,
+    ):
+        opened = await bob.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INITIALIZE_PARAMS})
+        if whole_app:
+            assert opened.status_code == 202
+            await bob.wait_for(0)
+            listed = await bob.request(1, "tools/list")
+            assert [tool["name"] for tool in listed.message["result"]["tools"]] == ["add", "whoami"]
+        else:
+            assert (opened.status_code, opened.text) == (404, "Could not find session")
+            listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+            assert (await bob.post(listing)).status_code == 404
+            assert [frame.event for frame in bob.frames] == ["endpoint"]
+    assert runs == []
 
 
 # -- every bypass the streamable-HTTP tests try, on this transport ---------------------------------------------------

@@ -44,7 +44,7 @@ def _owner(identity: AccessIdentity | None) -> Owner:
     return identity.issuer, identity.subject, identity.principal, identity.oauth_client_id
 
 
-def _session_key(value: str) -> str:
+def session_key(value: str) -> str:
     """One key for every spelling of a session id the app reads as the same one (the SDK parses `UUID(hex=...)`,
     which takes upper case, hyphens, braces and a `urn:uuid:` prefix)."""
     try:
@@ -53,47 +53,31 @@ def _session_key(value: str) -> str:
         return value
 
 
-class SSESessionMiddleware:
-    """Bind each HTTP+SSE session to the principal that opened its stream (see the module's docstring)."""
+class OpenStreams:
+    """The HTTP+SSE sessions whose event streams are open through one layer: for each (by `session_key`), what the
+    layer noted about it, the query parameter naming it and its id as the app wrote it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        # session key -> (owner, the query parameter, the id exactly as the app wrote it)
-        self._sessions: dict[str, tuple[Owner, str, str]] = {}
+    def __init__(self) -> None:
+        self.sessions: dict[str, tuple[object, str, str]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope.get("query_string"):
-            scope = self._bound(scope)
-        method = scope["method"]
-        if method != "POST" and method.upper() == "GET":  # a server that folds case must not open an unwatched one
-            await self._serve_stream(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+    def named_in(self, scope: Scope) -> tuple[list[tuple[str, str]], tuple[object, str, str] | None] | None:
+        """None if `scope`'s query names no session; else its pairs and the open session it names (None if it names
+        one not open here, or more than one)."""
+        query = scope.get("query_string")
+        if not query:
+            return None
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        keys = {session_key(value) for name, value in pairs if name in SESSION_PARAMETERS}
+        if not keys:
+            return None
+        return pairs, self.sessions.get(keys.pop()) if len(keys) == 1 else None
 
-    def _bound(self, scope: Scope) -> Scope:
-        """`scope` with its query naming the session as the app wrote it, if the caller opened it; else a session
-        nobody has. Queries that name none pass as they came."""
-        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
-        named = [value for name, value in pairs if name in SESSION_PARAMETERS]
-        if not named:
-            return scope
-        identity = current_identity()
-        keys = {_session_key(value) for value in named}
-        session = self._sessions.get(keys.pop()) if len(keys) == 1 else None
-        if session is not None and session[0] == _owner(identity):
-            replacement = session[2]
-            log_decision(scope, layer=LAYER, decision="allow", reason="session_owner", principal=_principal(identity))
-        else:
-            replacement = uuid.uuid4().hex
-            reason = "unknown_session" if session is None else "not_session_owner"
-            log_decision(scope, layer=LAYER, decision="deny", reason=reason, principal=_principal(identity))
-        query = urlencode([(name, replacement if name in SESSION_PARAMETERS else value) for name, value in pairs])
-        return dict(scope, query_string=query.encode("latin-1"))
-
-    async def _serve_stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, note: object, *, end_unbindable: bool
+    ) -> bool:
+        """Pass a GET to `app`, noting (with `note`) the session its event stream's `endpoint` names before the
+        client can see the event, until the stream ends. With `end_unbindable`, a stream whose `endpoint` names no
+        session that can be read is ended there. True if a stream was ended so."""
         watch = _FirstEvent()
         opened: list[str] = []
         ended = False
@@ -109,25 +93,70 @@ class SSESessionMiddleware:
                 event = watch.feed(message.get("body", b""))
                 if event is not None and event[0] == "endpoint":
                     session = _named_session(event[1])
-                    if session is None:
-                        # Messages to this stream's session could not be bound to its owner: end it here.
-                        log_decision(scope, layer=LAYER, decision="deny", reason="endpoint_unbindable")
+                    if session is not None:
+                        key = session_key(session[1])
+                        self.sessions[key] = (note, *session)
+                        opened.append(key)
+                    elif end_unbindable:
                         ended = True
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                         return
-                    key = _session_key(session[1])
-                    self._sessions[key] = (_owner(current_identity()), *session)
-                    opened.append(key)
-                    log_decision(
-                        scope, layer=LAYER, decision="allow", reason="session_opened", principal=_principal()
-                    )
             await send(message)
 
         try:
-            await self.app(scope, receive, watching_send)
+            await app(scope, receive, watching_send)
         finally:
             for key in opened:
-                self._sessions.pop(key, None)
+                self.sessions.pop(key, None)
+        return ended
+
+
+def naming(scope: Scope, pairs: list[tuple[str, str]], session_id: str) -> Scope:
+    """`scope` with every session parameter of its query (`pairs`) set to `session_id`."""
+    query = urlencode([(name, session_id if name in SESSION_PARAMETERS else value) for name, value in pairs])
+    return dict(scope, query_string=query.encode("latin-1"))
+
+
+def nobodys_session(scope: Scope, pairs: list[tuple[str, str]]) -> Scope:
+    """`scope` naming a session nobody has: the app answers as it answers for a session it does not have."""
+    return naming(scope, pairs, uuid.uuid4().hex)
+
+
+class SSESessionMiddleware:
+    """Bind each HTTP+SSE session to the principal that opened its stream (see the module's docstring)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._streams = OpenStreams()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("query_string"):
+            scope = self._bound(scope)
+        method = scope["method"]
+        if method != "POST" and method.upper() == "GET":  # a server that folds case must not open an unwatched one
+            owner = _owner(current_identity())
+            if await self._streams.serve(self.app, scope, receive, send, owner, end_unbindable=True):
+                log_decision(scope, layer=LAYER, decision="deny", reason="endpoint_unbindable", principal=_principal())
+        else:
+            await self.app(scope, receive, send)
+
+    def _bound(self, scope: Scope) -> Scope:
+        """`scope` with its query naming the session as the app wrote it, if the caller opened it; else a session
+        nobody has. Queries that name none pass as they came."""
+        named = self._streams.named_in(scope)
+        if named is None:
+            return scope
+        pairs, session = named
+        identity = current_identity()
+        if session is not None and session[0] == _owner(identity):
+            log_decision(scope, layer=LAYER, decision="allow", reason="session_owner", principal=_principal(identity))
+            return naming(scope, pairs, session[2])
+        reason = "unknown_session" if session is None else "not_session_owner"
+        log_decision(scope, layer=LAYER, decision="deny", reason=reason, principal=_principal(identity))
+        return nobodys_session(scope, pairs)
 
 
 def _principal(identity: AccessIdentity | None = None) -> str | None:

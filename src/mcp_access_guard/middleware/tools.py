@@ -13,7 +13,8 @@ template covers every URI the template could match.
 On the older HTTP+SSE transport every POST is answered `202 Accepted` and its answer comes on the session's event
 stream (`GET /sse`): that stream is rewritten as a GET stream is (below), for the principal who opened it, which
 `SSESessionMiddleware` makes the only one who may post to it. Answers to the guard's own listing requests are taken
-off it.
+off it. A POST naming a session whose stream this layer has not seen open (the layer wrapped around the message
+endpoint alone, say) would be answered where it cannot rewrite: it goes on naming a session nobody has.
 
 An answer the guard rewrites must come back where the guard can rewrite it, whatever else the client sends: such a
 request travels under an id of the guard's own (see `jsonrpc.ids`), so no other request's id can take its answer,
@@ -93,6 +94,7 @@ from ..jsonrpc import (
 )
 from ..policy import Family, ToolPolicy
 from .listed_names import FETCH_KIND, ListedNames, StreamedAnswers, fetch_listing
+from .sse import OpenStreams, nobodys_session
 
 LAYER = "tool_policy"
 logger = logging.getLogger("mcp_access_guard")
@@ -161,6 +163,7 @@ class ToolPolicyMiddleware:
         self._listed: dict[Family, ListedNames] = {"tool": ListedNames(), "prompt": ListedNames()}
         self._ended_sessions: OrderedDict[str, None] = OrderedDict()
         self._streamed = StreamedAnswers()
+        self._streams = OpenStreams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -189,6 +192,11 @@ class ToolPolicyMiddleware:
     async def _serve_post(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _RequestHeaders(scope["headers"])
         identity = current_identity()
+        if scope.get("query_string"):
+            named = self._streams.named_in(scope)
+            if named is not None and named[1] is None:
+                log_decision(scope, layer=LAYER, decision="deny", reason="stream_not_seen", principal=_principal())
+                scope = nobodys_session(scope, named[0])
         try:
             _refuse_other_encodings(headers)
             body = await read_body(receive, self.max_body_bytes, headers.content_length)
@@ -362,7 +370,7 @@ class ToolPolicyMiddleware:
         if any(name == b"accept-encoding" for name, _ in scope["headers"]):
             scope = dict(scope, headers=[header for header in scope["headers"] if header[0] != b"accept-encoding"])
         answer = _Answer(send, rewrite=self._scrubber(identity), streams_only=True)
-        await self.app(scope, receive, answer.send)
+        await self._streams.serve(self.app, scope, receive, answer.send, None, end_unbindable=False)
         if answer.started or not any(name == b"last-event-id" for name, _ in scope["headers"]):
             return
         # The SDK without an event store returns without answering a request to resume a stream (uvicorn then
