@@ -88,9 +88,11 @@ def serving(
     public_url: str | None = None,
     workers: int = 1,
     app: str = REFERENCE_APP,
+    cwd: Path = ROOT,
     name: str = "serve",
 ) -> Iterator[Served]:
-    """`mcp-access-guard serve APP` on 127.0.0.1:`port` in OAuth mode; `public_url` defaults to its own URL."""
+    """`mcp-access-guard serve APP` (imported from `cwd`) on 127.0.0.1:`port` in OAuth mode; `public_url` defaults to
+    its own URL."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     public_url = public_url or url
@@ -101,7 +103,7 @@ def serving(
     with log.open("wb") as output:
         process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env=serve_environment(saas, public_url, store, secret_key),
             stdout=output,
             stderr=subprocess.STDOUT,
