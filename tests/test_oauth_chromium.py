@@ -6,7 +6,8 @@ a real browser.
 
 The server runs on `localhost` and Access on `127.0.0.1`, two different sites, as `mcp.example.com` and
 `<team>.cloudflareaccess.com` are: the browser cookie (SameSite=Lax) must still come back on Access's redirect to
-/oauth/callback, or the login is refused as coming from another browser.
+/oauth/callback, or the login is refused as coming from another browser. Once over plain http (local development),
+once over https with a certificate of its own, where the cookie is `__Host-` prefixed and Secure as in production.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,10 +23,16 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import pytest
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from mcp_access_guard import GuardConfig, guard
 from mcp_access_guard.testing import LocalAccessSaaS, free_port, serve
@@ -125,8 +133,9 @@ async def chromium(profile: Path) -> AsyncIterator[WebDriver]:
                         pass
                     await anyio.sleep(0.05)
             options = {"binary": str(browser_binary), "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]}
-            capabilities = {"browserName": "chrome", "goog:chromeOptions": options}
-            capabilities["goog:loggingPrefs"] = {"browser": "ALL"}
+            capabilities: dict[str, Any] = {"browserName": "chrome", "goog:chromeOptions": options}
+            # The https case serves a certificate of its own; the console is read for refusals.
+            capabilities |= {"acceptInsecureCerts": True, "goog:loggingPrefs": {"browser": "ALL"}}
             with anyio.fail_after(STEP_TIMEOUT * 2):
                 created = await http.post("/session", json={"capabilities": {"alwaysMatch": capabilities}})
             assert created.status_code == 200, created.text
@@ -157,20 +166,92 @@ async def client_redirect_target() -> AsyncIterator[tuple[str, list[dict[str, st
         yield f"{url}/callback", received
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for `localhost`, its own issuer, and its key: the files uvicorn serves TLS with."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file, key_file = directory / "localhost.pem", directory / "localhost-key.pem"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return certificate_file, key_file
+
+
+@asynccontextmanager
+async def serve_over_tls(app: ASGIApp, port: int, certificate: Path, key: Path) -> AsyncIterator[None]:
+    """`app` under a real uvicorn with TLS on 127.0.0.1:`port`, for the duration of the block."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ssl_certfile=str(certificate),
+        ssl_keyfile=str(key),
+    )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        with anyio.fail_after(STEP_TIMEOUT):
+            while not server.started:
+                if server.should_exit:
+                    raise RuntimeError("uvicorn failed to start")
+                await anyio.sleep(0.01)
+        try:
+            yield
+        finally:
+            server.should_exit = True
+
+
+@asynccontextmanager
+async def guarded_on_localhost(
+    saas: LocalAccessSaaS, scheme: str, directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    """The guarded server in OAuth mode at `scheme://localhost:PORT` (its public URL); over https with a
+    certificate of its own, which this process's httpx is told to trust (Chromium accepts it as insecure)."""
+    port = free_port()
+    public_url = f"{scheme}://localhost:{port}"
+    app = guard(mcp_app(), GuardConfig(oauth=oauth_config(saas, public_url)))
+    if scheme == "http":
+        async with serve(app, port=port):
+            yield public_url
+        return
+    certificate, key = self_signed_certificate(directory)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+    async with serve_over_tls(app, port, certificate, key):
+        yield public_url
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
 async def test_chromium_consents_and_follows_the_redirect_chain_back_to_the_client(
-    local_access_saas: LocalAccessSaaS, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    local_access_saas: LocalAccessSaaS,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    scheme: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="mcp_access_guard")
     local_access_saas.login_as("alice@example.com")
-    port = free_port()
-    public_url = f"http://localhost:{port}"
-    app = guard(mcp_app(), GuardConfig(oauth=oauth_config(local_access_saas, public_url)))
     async with (
-        serve(app, port=port) as bound_url,
+        guarded_on_localhost(local_access_saas, scheme, tmp_path, monkeypatch) as public_url,
         client_redirect_target() as (redirect_uri, received),
         chromium(tmp_path / "profile") as browser,
     ):
-        client = await register(bound_url, [redirect_uri])
+        client = await register(public_url, [redirect_uri])
 
         # Without the browser cookie /authorize set, approving is refused: the form alone is not enough.
         await browser.go(authorize_url(public_url, client, Pkce(), state="first-try"))
@@ -189,18 +270,21 @@ async def test_chromium_consents_and_follows_the_redirect_chain_back_to_the_clie
         console = await browser.console()
 
         callback = query_of(landed)
-        redeemed = await exchange(bound_url, client, callback["code"], pkce)
+        redeemed = await exchange(public_url, client, callback["code"], pkce)
         assert redeemed.status_code == 200, redeemed.text
-        tools = await call_mcp(bound_url, redeemed.json()["access_token"])
+        tools = await call_mcp(public_url, redeemed.json()["access_token"])
 
     assert urlsplit(refused_at).path == "/consent"
     assert refused_heading == "Sign-in stopped"
-    assert heading == f"Allow Test client to use localhost:{port}?"
-    # The cookie /authorize set: HttpOnly, SameSite=Lax, host-only; no Secure on an http:// loopback URL.
-    browser_cookie = cookies["mag_browser"]
+    assert heading == f"Allow Test client to use {urlsplit(public_url).netloc}?"
+    # The cookie /authorize set: HttpOnly, SameSite=Lax, host-only; over https `__Host-` and Secure, which
+    # Chromium keeps only when every rule of the prefix holds (Secure, Path=/, no Domain).
+    secure = scheme == "https"
+    browser_cookie = cookies["__Host-mag_browser" if secure else "mag_browser"]
     assert browser_cookie["httpOnly"] is True
     assert browser_cookie["sameSite"] == "Lax"
-    assert browser_cookie["secure"] is False
+    assert browser_cookie["secure"] is secure
+    assert browser_cookie["path"] == "/"
     assert browser_cookie["domain"] == "localhost"
     assert browser_cookie["value"].startswith("mag_br_")
 
