@@ -21,22 +21,16 @@ from mcp_types import TextContent
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_access_guard.testing import LocalAccess
+from oauth_processes import NODE_BIN, require_program
 from sse_support import ALICE, BOB, caller, comparable, site, sse_server
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
-MCP_REMOTE = ROOT / "node_modules" / ".bin" / "mcp-remote"
 
 
 @pytest.fixture(scope="module")
 def mcp_remote() -> Path:
-    if not MCP_REMOTE.exists():
-        reason = f"mcp-remote is not installed ({MCP_REMOTE.relative_to(ROOT)} missing): run `npm ci`"
-        if os.environ.get("CI"):
-            pytest.fail(reason)  # CI installs it, so there it must run
-        pytest.skip(reason)
-    return MCP_REMOTE
+    return require_program(NODE_BIN / "mcp-remote", "run `npm ci`")
 
 
 @asynccontextmanager
