@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -75,21 +76,22 @@ class Section:
 
 class LagTicker:
     """Wakes every `interval` seconds and records how late it woke: the longest lag is the longest time the event
-    loop was held by something else (a blocking call, or one long burst of ready work)."""
+    loop was held by something else (a blocking call, a garbage collection, or one long burst of ready work)."""
 
     def __init__(self, interval: float = 0.001) -> None:
         self.interval = interval
-        self.lags: list[float] = []
+        # (when the tick was due, when it woke), perf_counter seconds: a lag is a window that a pause can be found in.
+        self.ticks: list[tuple[float, float]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
             expected = time.perf_counter() + self.interval
             await asyncio.sleep(self.interval)
-            self.lags.append(max(0.0, time.perf_counter() - expected))
+            self.ticks.append((expected, max(expected, time.perf_counter())))
 
     def start(self) -> None:
-        self.lags.clear()
+        self.ticks.clear()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -100,11 +102,80 @@ class LagTicker:
             self._task = None
 
     @property
+    def lags(self) -> list[float]:
+        return [woke - due for due, woke in self.ticks]
+
+    @property
     def worst_ms(self) -> float:
         return max(self.lags, default=0.0) * 1000
 
     def percentile_ms(self, fraction: float) -> float:
-        if not self.lags:
+        if not self.ticks:
             return 0.0
         ordered = sorted(self.lags)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    """One garbage collection: when it started (perf_counter seconds), how long it ran, which generation."""
+
+    started: float
+    seconds: float
+    generation: int
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.seconds
+
+
+class GCWatch:
+    """Every garbage collection made while it is entered, through `gc.callbacks`, to be set beside a `LagTicker`:
+    a lag whose window holds a collection was (that much) the collector's."""
+
+    def __init__(self) -> None:
+        self.collections: list[Collection] = []
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._started = now
+        else:
+            self.collections.append(Collection(self._started, now - self._started, info["generation"]))
+
+    def __enter__(self) -> GCWatch:
+        self.collections.clear()
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def count(self, generation: int) -> int:
+        return sum(1 for collection in self.collections if collection.generation == generation)
+
+    def worst_ms(self, generation: int | None = None) -> float:
+        return 1000 * max(
+            (c.seconds for c in self.collections if generation is None or c.generation == generation), default=0.0
+        )
+
+    def total_ms(self) -> float:
+        return 1000 * sum(collection.seconds for collection in self.collections)
+
+    def lags_split(self, ticker: LagTicker) -> list[tuple[float, float]]:
+        """For each tick of `ticker`: (its lag, the part of that lag spent collecting), in seconds. One sweep over
+        both, in time order."""
+        collections = sorted(self.collections, key=lambda collection: collection.started)
+        split = []
+        first = 0
+        for due, woke in ticker.ticks:
+            while first < len(collections) and collections[first].ended <= due:
+                first += 1
+            collecting = 0.0
+            for collection in collections[first:]:
+                if collection.started >= woke:
+                    break
+                collecting += min(woke, collection.ended) - max(due, collection.started)
+            split.append((woke - due, collecting))
+        return split
