@@ -76,19 +76,21 @@ class Section:
 
 class LagTicker:
     """Wakes every `interval` seconds and records how late it woke: the longest lag is the longest time the event
-    loop was held by something else (a blocking call, a garbage collection, or one long burst of ready work)."""
+    loop was held by something else (a blocking call, a garbage collection, one long burst of ready work), or the
+    process was not running at all (the machine gave its core to another process)."""
 
     def __init__(self, interval: float = 0.001) -> None:
         self.interval = interval
-        # (when the tick was due, when it woke), perf_counter seconds: a lag is a window that a pause can be found in.
-        self.ticks: list[tuple[float, float]] = []
+        self.ticks: list[Tick] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
-            expected = time.perf_counter() + self.interval
+            slept, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(self.interval)
-            self.ticks.append((expected, max(expected, time.perf_counter())))
+            woke, cpu_woke = time.perf_counter(), time.thread_time()
+            due = slept + self.interval
+            self.ticks.append(Tick(due, max(due, woke), max(0.0, (woke - slept) - (cpu_woke - cpu))))
 
     def start(self) -> None:
         self.ticks.clear()
@@ -103,7 +105,7 @@ class LagTicker:
 
     @property
     def lags(self) -> list[float]:
-        return [woke - due for due, woke in self.ticks]
+        return [tick.lag for tick in self.ticks]
 
     @property
     def worst_ms(self) -> float:
@@ -114,6 +116,20 @@ class LagTicker:
             return 0.0
         ordered = sorted(self.lags)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One wake-up of a `LagTicker` (perf_counter seconds): when it was due, when it woke, and how much of its
+    sleep the loop's thread spent off the CPU (descheduled by the machine, not busy)."""
+
+    due: float
+    woke: float
+    off_cpu: float
+
+    @property
+    def lag(self) -> float:
+        return self.woke - self.due
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,19 +179,19 @@ class GCWatch:
     def total_ms(self) -> float:
         return 1000 * sum(collection.seconds for collection in self.collections)
 
-    def lags_split(self, ticker: LagTicker) -> list[tuple[float, float]]:
-        """For each tick of `ticker`: (its lag, the part of that lag spent collecting), in seconds. One sweep over
-        both, in time order."""
+    def lags_split(self, ticker: LagTicker) -> list[tuple[Tick, float]]:
+        """Each tick of `ticker` with the part of its lag spent collecting, in seconds. One sweep over both, in
+        time order."""
         collections = sorted(self.collections, key=lambda collection: collection.started)
         split = []
         first = 0
-        for due, woke in ticker.ticks:
-            while first < len(collections) and collections[first].ended <= due:
+        for tick in ticker.ticks:
+            while first < len(collections) and collections[first].ended <= tick.due:
                 first += 1
             collecting = 0.0
             for collection in collections[first:]:
-                if collection.started >= woke:
+                if collection.started >= tick.woke:
                     break
-                collecting += min(woke, collection.ended) - max(due, collection.started)
-            split.append((woke - due, collecting))
+                collecting += min(tick.woke, collection.ended) - max(tick.due, collection.started)
+            split.append((tick, collecting))
         return split

@@ -127,19 +127,18 @@ def record_pauses(section: Section, name: str, ticker: LagTicker, collections: G
     """The loop-lag figures of one flood run, and the garbage collections beside them; lags as ratios to the same
     figures of the `baseline` flood."""
     split = collections.lags_split(ticker)
-    worst_in_gc = max(split, default=(0.0, 0.0))[1]
+    worst_tick, worst_in_gc = max(split, key=lambda pair: pair[0].lag, default=(None, 0.0))
     for figure, value in (
         ("worst event-loop lag", ticker.worst_ms),
         ("p99 event-loop lag", ticker.percentile_ms(0.99)),
     ):
         append(section, f"{name}: {figure}", "ms", value, baseline and f"{baseline}: {figure}")
-    append(section, f"{name}: of the worst lag, time in garbage collection", "ms", worst_in_gc * 1000)
-    append(
-        section,
-        f"{name}: worst lag outside garbage collection",
-        "ms",
-        max((lag - in_gc for lag, in_gc in split), default=0.0) * 1000,
-    )
+    append(section, f"{name}: of the worst lag, in garbage collection", "ms", worst_in_gc * 1000)
+    append(section, f"{name}: of the worst lag, off the CPU", "ms", worst_tick.off_cpu * 1000 if worst_tick else 0.0)
+    # What this process itself held the loop for, outside the collector: the lag less its collections, less the
+    # time the machine ran something else instead.
+    busy = max((max(0.0, tick.lag - in_gc - tick.off_cpu) for tick, in_gc in split), default=0.0)
+    append(section, f"{name}: worst lag on the CPU outside garbage collection", "ms", busy * 1000)
     for generation in (0, 1, 2):
         append(section, f"{name}: generation {generation} collections", "collections", collections.count(generation))
     append(section, f"{name}: longest generation 2 collection", "ms", collections.worst_ms(2))

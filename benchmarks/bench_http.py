@@ -11,6 +11,10 @@ Request shape: the modern protocol era, the cheapest realistic one: one POST per
 `initialize`, `MCP-Protocol-Version: 2026-07-28` with `Mcp-Method`/`Mcp-Name`, answered with plain JSON. Every request
 carries a `Cf-Access-Jwt-Assertion` from a `LocalAccess` running in this process (the bare server ignores it).
 Both servers log at WARNING: allow decisions are not written, as a deployment that logs refusals only runs.
+
+With `taskset` (util-linux) and two cores or more, both servers run on one core and the load generator on another,
+so the server is never starved by its own load; `py-spy` (pip install py-spy), when installed, then samples the
+guarded server under load and the report says where its time goes, package by package.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ METHODS = {
     "tools/list": ({}, None),
 }
 SERVERS = ("bare", "guarded")
-TARGET_RATIO = 0.95
+TARGET_RATIO = 0.97
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,28 @@ class Plan:
     callers: tuple[int, ...]
     httpx_rounds: int
     memory_rounds: int
+    profile_seconds: int
 
 
-FULL = Plan(rounds=3, seconds=3.0, callers=(1, 10, 100), httpx_rounds=1, memory_rounds=3)
-QUICK = Plan(rounds=1, seconds=1.0, callers=(1, 10, 100), httpx_rounds=0, memory_rounds=1)
+FULL = Plan(rounds=6, seconds=3.0, callers=(1, 10, 100), httpx_rounds=1, memory_rounds=3, profile_seconds=10)
+QUICK = Plan(rounds=1, seconds=1.0, callers=(1, 10, 100), httpx_rounds=0, memory_rounds=1, profile_seconds=0)
+
+
+def pinned_cores() -> tuple[int, int] | None:
+    """(the servers' core, the load generator's core), when `taskset` can keep them apart."""
+    cores = sorted(os.sched_getaffinity(0))
+    if shutil.which("taskset") is None or len(cores) < 2:
+        return None
+    return cores[0], cores[1]
+
+
+def on_core(command: list[str], core: int | None) -> list[str]:
+    return command if core is None else ["taskset", "-c", str(core), *command]
+
+
+PINNING = pinned_cores()
+SERVER_CORE = PINNING[0] if PINNING else None
+LOAD_CORE = PINNING[1] if PINNING else None
 
 
 def request_body(method: str) -> bytes:
@@ -129,9 +151,9 @@ def running_servers(issuer: LocalAccess) -> Iterator[dict[str, Server]]:
     try:
         for kind in SERVERS:
             port = free_port()
-            process = subprocess.Popen(
-                [sys.executable, __file__, "--serve", kind, "--port", str(port)], env=env, cwd=REPO
-            )
+            command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+            # taskset execs the server, so the process (and its pid, for py-spy) is the server's own.
+            process = subprocess.Popen(on_core(command, SERVER_CORE), env=env, cwd=REPO)
             servers[kind] = Server(kind, port, process)
         for server in servers.values():
             wait_until_listening(server)
@@ -194,7 +216,9 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Load:
     wrk = shutil.which("wrk")
     assert wrk is not None
     output = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "-s", str(script), url],
+        on_core(
+            [wrk, "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "-s", str(script), url], LOAD_CORE
+        ),
         capture_output=True,
         text=True,
         check=True,
@@ -248,7 +272,9 @@ async def httpx_load(url: str, method: str, tokens: Sequence[str], seconds: floa
 
 def run_httpx_load(url: str, method: str, tokens_file: Path, callers: int, seconds: float) -> Load:
     output = subprocess.run(
-        [sys.executable, __file__, "--load", url, method, str(tokens_file), str(callers), str(seconds)],
+        on_core(
+            [sys.executable, __file__, "--load", url, method, str(tokens_file), str(callers), str(seconds)], LOAD_CORE
+        ),
         capture_output=True,
         text=True,
         check=True,
@@ -286,11 +312,20 @@ def collect_sync(quick: bool = False) -> list[Section]:
             for generator in generators:
                 rounds = plan.rounds if generator == "wrk" else max(plan.httpx_rounds, 1)
                 measure(section, generator, servers, plan, rounds, scripts, tokens_file)
+            if plan.profile_seconds and "wrk" in generators:
+                for method, callers in PROFILED:
+                    profile(section, servers["guarded"], method, callers, scripts[method, callers], plan, scratch)
         for _ in range(plan.memory_rounds):
             measure_memory(memory, issuer)
+    pinning = (
+        f"servers pinned to core {SERVER_CORE} and the load generator to core {LOAD_CORE} with taskset"
+        if PINNING
+        else "not pinned to cores (taskset missing or one core)"
+    )
     section.notes.append(
-        f"{plan.rounds} wrk rounds of {plan.seconds:g} s per cell (bare and guarded alternating within each round); "
-        "wrk runs one thread with one connection per caller; p50/p99 from wrk's latency distribution."
+        f"{plan.rounds} wrk rounds of {plan.seconds:g} s per cell (bare and guarded alternating within each round, "
+        f"the order flipped every round); {pinning}; wrk runs one thread with one connection per caller; p50/p99 "
+        "from wrk's latency distribution."
     )
     memory.notes.append(
         f"Peak RSS (VmHWM) of a fresh server process after one {DEFAULT_MAX_BODY_BYTES} byte tools/call "
@@ -354,6 +389,102 @@ def measure(
                     [getattr(load, attribute) for load in guarded],
                     baseline=f"{prefix}, bare {quantile}",
                 )
+
+
+# -- where the guarded server's time goes -------------------------------------------------------------------------
+
+PROFILED = (("tools/list", 100), ("tools/call", 100))
+GUARD_PACKAGE = "mcp_access_guard"
+
+
+def py_spy() -> str | None:
+    beside_python = Path(sys.executable).with_name("py-spy")
+    return str(beside_python) if beside_python.exists() else shutil.which("py-spy")
+
+
+def frame_package(frame: str) -> str | None:
+    """The package a py-spy frame (`function (path/to/file.py:line)`) belongs to; None for the standard library."""
+    location = frame.rpartition(" (")[2]
+    top = re.split(r"[/.:]", location, maxsplit=1)[0].lstrip("<")
+    if top in sys.stdlib_module_names or top in ("frozen", "string", "module"):
+        return None
+    return top
+
+
+def owners(raw: str) -> tuple[dict[str, int], dict[str, int]]:
+    """From py-spy's raw (collapsed) stacks: samples per package, each sample given to the innermost frame outside
+    the standard library (so `json` called by the guard counts as the guard's); and the guard's samples by function.
+    """
+    by_package: dict[str, int] = {}
+    by_function: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        owner, function = "the event loop and the standard library", ""
+        for frame in reversed(frames):
+            package = frame_package(frame)
+            if package is not None:
+                owner, function = package, frame.partition(" (")[0]
+                break
+        by_package[owner] = by_package.get(owner, 0) + count
+        if owner == GUARD_PACKAGE:
+            by_function[function] = by_function.get(function, 0) + count
+    return by_package, by_function
+
+
+def profile(
+    section: Section, server: Server, method: str, callers: int, script: Path, plan: Plan, scratch: str
+) -> None:
+    spy = py_spy()
+    label = f"{method}, {callers} callers"
+    if spy is None:
+        section.notes.append("py-spy is not installed (pip install py-spy): the guarded server was not profiled.")
+        return
+    output = Path(scratch, "profile.txt")
+    command = [spy, "record", "--pid", str(server.process.pid), "--duration", str(plan.profile_seconds)]
+    command += ["--rate", "200", "--nonblocking", "--format", "raw", "--output", str(output)]
+    recorder = subprocess.Popen(on_core(command, LOAD_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    run_wrk(server.url, script, callers, plan.profile_seconds)
+    _, errors = recorder.communicate(timeout=plan.profile_seconds + 60)
+    if recorder.returncode != 0 or not output.exists():
+        section.notes.append(f"py-spy could not sample the guarded server: {errors.decode()[-300:].strip()}")
+        return
+    by_package, by_function = owners(output.read_text())
+    total = sum(by_package.values()) or 1
+    rows = [
+        f"| {package} | {count / total:.1%} |" for package, count in sorted(by_package.items(), key=lambda i: -i[1])
+    ]
+    guard_rows = [
+        f"| {function} | {count / total:.2%} |"
+        for function, count in sorted(by_function.items(), key=lambda item: -item[1])[:8]
+    ]
+    section.tables.append(
+        "\n".join(
+            [
+                f"py-spy on the guarded server under wrk ({label}, {plan.profile_seconds} s, {total} samples): "
+                "where its time goes, each sample given to the innermost frame outside the standard library",
+                "",
+                "| package | share of samples |",
+                "| --- | --- |",
+                *rows,
+                "",
+                f"The guard's share by function ({label}):",
+                "",
+                "| function | share of samples |",
+                "| --- | --- |",
+                *guard_rows,
+            ]
+        )
+    )
+    section.add(
+        f"py-spy: {label}, the guard's own share of the server's samples",
+        "%",
+        [100 * by_package.get(GUARD_PACKAGE, 0) / total],
+    )
 
 
 def measure_memory(section: Section, issuer: LocalAccess) -> None:

@@ -1,0 +1,383 @@
+"""How the guard's costs grow with the work: tools in a listing, the size of each tool's schema, rules in a policy,
+email domains in a rule, distinct tokens in the verifier's cache. Every figure in a table is a ratio to the smallest
+case measured in the same run, beside the ratio of the work itself, so growth faster than the work shows.
+
+    python benchmarks/bench_scaling.py            # full run, a few minutes (it mints 100,000 tokens)
+    python benchmarks/bench_scaling.py --quick    # well under a minute, smaller sizes
+
+In process, no network. The listing filter is `ToolPolicyMiddleware` around a trivial app that answers a
+`tools/list` with a prepared body (compact JSON, as the mcp SDK writes it), against that app alone; a decision is
+`ToolPolicy.decide` for a `tools/call`; the verifier's cached path is `AccessVerifier.verify` of tokens already in its
+cache, each call a different one (callers spread over the whole cache) and one caller calling again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import itertools
+import json
+import logging
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bench_common import Section
+from mcp_access_guard import AccessConfig, AccessIdentity, AccessVerifier, Rule, ToolPolicy
+from mcp_access_guard.identity import bind_identity
+from mcp_access_guard.middleware.tools import ToolPolicyMiddleware
+from mcp_access_guard.testing import LocalAccess
+
+LISTING_TITLE = "Scaling: the listing filter"
+DECISION_TITLE = "Scaling: a tools/call decision"
+VERIFIER_TITLE = "Scaling: the verifier's cached path"
+CALLER = AccessIdentity(subject="u1", issuer="https://team.example", expires_at=2**40, email="eve@example.com")
+# Enough rounds for a median; each round long enough (about 20 ms) that the clock's resolution does not matter.
+ROUNDS, WARMUP, ROUND_SECONDS = 9, 2, 0.02
+QUICK_ROUNDS, QUICK_WARMUP = 5, 1
+
+
+# -- timing ---------------------------------------------------------------------------------------------------------
+
+
+async def per_call_us(call: Callable[[], Awaitable[Any]], iterations: int) -> float:
+    started = time.perf_counter_ns()
+    for _ in range(iterations):
+        await call()
+    return (time.perf_counter_ns() - started) / iterations / 1000
+
+
+async def iterations_for(call: Callable[[], Awaitable[Any]]) -> int:
+    """How many calls make a round of about `ROUND_SECONDS`."""
+    once = await per_call_us(call, 3)
+    return max(3, int(ROUND_SECONDS * 1e6 / max(once, 0.05)))
+
+
+async def interleaved(calls: dict[str, Callable[[], Awaitable[Any]]], quick: bool) -> dict[str, list[float]]:
+    """µs per call of each entry, rounds interleaved (drift in the machine hits all alike), warm-up dropped."""
+    rounds, warmup = (QUICK_ROUNDS, QUICK_WARMUP) if quick else (ROUNDS, WARMUP)
+    counts = {label: await iterations_for(call) for label, call in calls.items()}
+    samples: dict[str, list[float]] = {label: [] for label in calls}
+    for round_number in range(warmup + rounds):
+        gc.collect()
+        for label, call in calls.items():
+            figure = await per_call_us(call, counts[label])
+            if round_number >= warmup:
+                samples[label].append(figure)
+    return samples
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def us(value: float) -> str:
+    return f"{value:.1f} µs" if value >= 10 else f"{value:.2f} µs"
+
+
+# -- the listing filter ---------------------------------------------------------------------------------------------
+
+
+def listing_body(tools: int, schema_bytes: int) -> bytes:
+    """A tools/list answer as the SDK writes it (compact), each tool's input schema padded to `schema_bytes`."""
+
+    def schema(index: int) -> dict[str, Any]:
+        properties: dict[str, Any] = {"a": {"type": "integer", "title": "A"}, "b": {"type": "integer", "title": "B"}}
+        padding = 0
+        while len(json.dumps(properties, separators=(",", ":"))) < schema_bytes - 80:
+            properties[f"field{padding}"] = {"type": "string", "title": f"Field {padding}", "description": "x" * 60}
+            padding += 1
+        return {"type": "object", "properties": properties, "required": ["a", "b"], "title": f"tool{index}Arguments"}
+
+    entries = [
+        {"name": f"tool{index}", "description": f"Tool number {index}", "inputSchema": schema(index)}
+        for index in range(tools)
+    ]
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"tools": entries}}
+    return json.dumps(answer, separators=(",", ":")).encode()
+
+
+def listing_app(body: bytes) -> ASGIApp:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+LIST_REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}'
+LIST_SCOPE: Scope = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "POST",
+    "scheme": "http",
+    "path": "/mcp",
+    "raw_path": b"/mcp",
+    "root_path": "",
+    "query_string": b"",
+    "headers": [
+        (b"host", b"127.0.0.1:8000"),
+        (b"accept", b"application/json, text/event-stream"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(LIST_REQUEST)).encode()),
+    ],
+    "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8000),
+}
+
+
+def asgi_call(app: ASGIApp, request: bytes, scope: Scope) -> Callable[[], Awaitable[None]]:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": request, "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def call() -> None:
+        request_scope = dict(scope)
+        with bind_identity(request_scope, CALLER):
+            await app(request_scope, receive, send)
+
+    return call
+
+
+async def answer_of(app: ASGIApp) -> bytes:
+    out = bytearray()
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": LIST_REQUEST, "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            out.extend(message.get("body", b""))
+
+    scope = dict(LIST_SCOPE)
+    with bind_identity(scope, CALLER):
+        await app(scope, receive, send)
+    return bytes(out)
+
+
+async def listing_filter(quick: bool) -> Section:
+    section = Section(LISTING_TITLE)
+    cases = [(10, 0), (100, 0), (1000, 0), (10, 10 * 1024), (100, 10 * 1024)]
+    if not quick:
+        cases.append((1000, 10 * 1024))
+    policies = {
+        "one hidden": ToolPolicy({"tool0": Rule(emails=["boss@example.com"])}),
+        "none hidden": ToolPolicy({"tool0": Rule(emails=[CALLER.email or ""])}),
+    }
+    rows = []
+    base: dict[str, tuple[float, int, int]] = {}
+    for tools, schema_bytes in cases:
+        body = listing_body(tools, schema_bytes)
+        bare = listing_app(body)
+        calls = {"bare": asgi_call(bare, LIST_REQUEST, LIST_SCOPE)}
+        for label, policy in policies.items():
+            guarded = ToolPolicyMiddleware(bare, policy)
+            answer = json.loads(await answer_of(guarded))
+            shown = len(answer["result"]["tools"])
+            assert shown == tools - (label == "one hidden"), f"{label}: {shown} of {tools} tools shown"
+            calls[label] = asgi_call(guarded, LIST_REQUEST, LIST_SCOPE)
+        samples = await interleaved(calls, quick)
+        bare_us = statistics.median(samples["bare"])
+        case = f"{tools} tools, {'10 KiB' if schema_bytes else 'small'} schemas"
+        for label in policies:
+            added = statistics.median(samples[label]) - bare_us
+            section.add(f"{case}, {label}: added", "µs", [sample - bare_us for sample in samples[label]])
+            first = base.setdefault(label, (added, tools, len(body)))
+            rows.append(
+                [
+                    case,
+                    label,
+                    f"{len(body) / 1024:.0f} KiB",
+                    us(bare_us),
+                    us(added),
+                    f"{added / tools:.2f} µs",
+                    f"{added / first[0]:.1f}x" if first[0] > 0 else "-",
+                    f"{len(body) / first[2]:.1f}x",
+                ]
+            )
+    section.tables.append(
+        table(
+            [
+                "listing",
+                "policy",
+                "answer size",
+                "app alone",
+                "added by the filter",
+                "added per tool",
+                "added, to the first row",
+                "bytes, to the first row",
+            ],
+            rows,
+        )
+    )
+    section.notes.append(
+        "Added time is the median round of (ToolPolicyMiddleware + app) less the median round of the app alone, "
+        "interleaved in one run; 'to the first row' compares each policy with its own 10-tool, small-schema row: "
+        "growth no faster than the work means the first ratio stays at or under the second."
+    )
+    return section
+
+
+# -- a tools/call decision --------------------------------------------------------------------------------------
+
+
+def deciding(policy: ToolPolicy, name: str, identity: AccessIdentity) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        policy.decide("tool", name, identity)
+
+    return call
+
+
+async def decisions(quick: bool) -> Section:
+    section = Section(DECISION_TITLE)
+    alice = AccessIdentity(subject="a", issuer="https://team.example", expires_at=2**40, email="alice@corp.example")
+    cases: dict[str, tuple[ToolPolicy, str, AccessIdentity, bool]] = {}
+    for count in (1, 100, 10_000):
+        rules = {f"tool{index}": Rule(emails=[f"user{index}@corp.example"]) for index in range(count)}
+        rules[f"tool{count // 2}"] = Rule(emails=["alice@corp.example"])
+        rules_text = f"{count:,} rule{'s' if count > 1 else ''}"
+        cases[f"{rules_text}, allowed"] = (ToolPolicy(rules), f"tool{count // 2}", alice, True)
+        cases[f"{rules_text}, refused"] = (ToolPolicy(rules, default="deny"), "unlisted", alice, False)
+    domains = [f"team{index}.example" for index in range(1000)]
+    wildcards = [f"*.unit{index}.example" for index in range(1000)]
+    for label, entries, email, allowed in (
+        ("1,000 email domains, caller's domain listed", domains, "bob@team500.example", True),
+        ("1,000 email domains, caller's domain not listed", domains, "bob@elsewhere.example", False),
+        ("1,000 wildcard domains, caller under one", wildcards, "bob@a.unit500.example", True),
+        ("1,000 wildcard domains, caller under none", wildcards, "bob@a.elsewhere.example", False),
+    ):
+        bob = AccessIdentity(subject="b", issuer="https://team.example", expires_at=2**40, email=email)
+        cases[label] = (ToolPolicy({"tool": Rule(email_domains=entries)}), "tool", bob, allowed)
+    calls = {}
+    for label, (policy, name, identity, allowed) in cases.items():
+        assert policy.decide("tool", name, identity)[0] is allowed, label
+        calls[label] = deciding(policy, name, identity)
+    samples = await interleaved(calls, quick)
+    rows = []
+    for label, values in samples.items():
+        baseline = f"1 rule, {'allowed' if cases[label][3] else 'refused'}"
+        figure = section.add(f"decide(): {label}", "µs", values)
+        if label != baseline:
+            figure.baseline = f"decide(): {baseline}"
+        ratio = statistics.median(values) / statistics.median(samples[baseline])
+        rows.append([label, us(statistics.median(values)), f"{ratio:.2f}x {baseline}"])
+    section.tables.append(table(["policy and caller", "decide() per call", "to the same answer with 1 rule"], rows))
+    section.notes.append(
+        "`ToolPolicy.decide('tool', name, identity)`, the decision behind every tools/call, per call; domains are "
+        "one rule holding 1,000 entries. Work that does not grow: one name looked up, one caller matched."
+    )
+    return section
+
+
+# -- the verifier's cached path -------------------------------------------------------------------------------------
+
+
+def verify_in_turn(verifier: AccessVerifier, tokens: list[str]) -> Callable[[], Awaitable[None]]:
+    turn = itertools.cycle(tokens)
+
+    async def call() -> None:
+        await verifier.verify(next(turn))
+
+    return call
+
+
+async def cached_path(quick: bool) -> Section:
+    section = Section(VERIFIER_TITLE)
+    sizes = (10, 1_000, 5_000) if quick else (10, 10_000, 100_000)
+    rows = []
+    with LocalAccess() as issuer:
+        print(f"minting {max(sizes)} tokens ...", file=sys.stderr, flush=True)
+        tokens = [issuer.user_token(f"caller{index}@example.com") for index in range(max(sizes))]
+        first_us: dict[str, float] = {}
+        for size in sizes:
+            verifier = AccessVerifier(AccessConfig(issuer.url, issuer.audience, token_cache_size=size))
+            cached = tokens[:size]
+            await verifier.verify(cached[0])
+            gc.collect()
+            tracked_before = len(gc.get_objects())
+            tracemalloc.start()
+            before, _ = tracemalloc.get_traced_memory()
+            for token in cached:
+                # As the stack serves a caller: verified, then bound (which builds the SDK's view of the identity).
+                with bind_identity({}, await verifier.verify(token)):
+                    pass
+            held, _ = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            gc.collect()
+            tracked = (len(gc.get_objects()) - tracked_before) / size
+            calls = {"spread": verify_in_turn(verifier, cached), "returning": verify_in_turn(verifier, cached[-1:])}
+            samples = await interleaved(calls, quick)
+            await verifier.aclose()
+            for label, values in samples.items():
+                description = "callers spread over the cache" if label == "spread" else "one caller again"
+                figure = section.add(f"{size} tokens cached: verify, {description}", "µs", values)
+                if size != sizes[0]:
+                    figure.baseline = f"{sizes[0]} tokens cached: verify, {description}"
+                first_us.setdefault(label, figure.median)
+            per_token = (held - before) / size
+            section.add(f"{size} tokens cached: memory per cached token", "bytes", [per_token])
+            section.add(f"{size} tokens cached: objects the collector tracks per cached token", "objects", [tracked])
+            rows.append(
+                [
+                    f"{size:,}",
+                    us(section.find(f"{size} tokens cached: verify, callers spread over the cache").median),
+                    us(section.find(f"{size} tokens cached: verify, one caller again").median),
+                    f"{per_token:.0f} B + the token ({len(cached[0])} B)",
+                    f"{tracked:.2f}",
+                ]
+            )
+    section.tables.append(
+        table(
+            [
+                "tokens in the cache",
+                "verify, callers spread over the cache",
+                "verify, one caller again",
+                "memory per cached token",
+                "tracked objects per cached token",
+            ],
+            rows,
+        )
+    )
+    section.notes.append(
+        "Each size fills a fresh verifier (its bound raised to the size) through verify and the identity binding a "
+        "request makes; 'spread' then calls each cached token in turn, 'one caller again' the same token. Memory is "
+        "what tracemalloc sees allocated while filling (the token strings were made before, and a cache keeps each "
+        "as its key); tracked objects are counted with gc.get_objects() after a full collection."
+    )
+    return section
+
+
+async def collect(quick: bool = False) -> list[Section]:
+    logging.getLogger("mcp_access_guard").setLevel(logging.CRITICAL)
+    return [await listing_filter(quick), await decisions(quick), await cached_path(quick)]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
+    arguments = parser.parse_args(argv)
+    for section in asyncio.run(collect(arguments.quick)):
+        print(f"## {section.title}\n")
+        for rendered in section.tables:
+            print(rendered, end="\n\n")
+        for note in section.notes:
+            print(f"- {note}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
