@@ -28,11 +28,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -130,6 +131,11 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the server process has used, from /proc (Linux)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def memory_kib(self, field: str) -> int:
         """VmRSS (now) or VmHWM (peak so far) of the server process, from /proc (Linux)."""
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -207,6 +213,13 @@ class Load:
     requests_per_second: float
     p50_ms: float
     p99_ms: float
+    requests: int
+    # The server's own CPU time over the run (set by `measure`): what it spent, whatever else the machine ran.
+    server_cpu_seconds: float = 0.0
+
+    @property
+    def requests_per_cpu_second(self) -> float:
+        return self.requests / self.server_cpu_seconds if self.server_cpu_seconds else 0.0
 
 
 _WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -233,8 +246,10 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Load:
         return float(match.group(1)) * _WRK_UNITS[match.group(2)]
 
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    count = re.search(r"(\d+) requests in", output)
     assert rate is not None, output
-    return Load(float(rate.group(1)), latency("50"), latency("99"))
+    assert count is not None, output
+    return Load(float(rate.group(1)), latency("50"), latency("99"), int(count.group(1)))
 
 
 # -- the async httpx load generator (runs in its own process) -----------------------------------------------------
@@ -266,6 +281,7 @@ async def httpx_load(url: str, method: str, tokens: Sequence[str], seconds: floa
         "rps": len(latencies) / elapsed,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "requests": len(latencies),
         "failures": failures,
     }
 
@@ -282,7 +298,7 @@ def run_httpx_load(url: str, method: str, tokens_file: Path, callers: int, secon
     result = json.loads(output.strip().splitlines()[-1])
     if result["failures"]:
         raise RuntimeError(f"{result['failures']} requests failed against {url}")
-    return Load(result["rps"], result["p50_ms"], result["p99_ms"])
+    return Load(result["rps"], result["p50_ms"], result["p99_ms"], result["requests"])
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
@@ -363,11 +379,13 @@ def measure(
                 # Alternate which server goes first, so neither always runs on a machine just warmed by the other.
                 order = SERVERS if round_number % 2 == 0 else SERVERS[::-1]
                 for kind in order:
-                    url = servers[kind].url
+                    server = servers[kind]
+                    cpu_before = server.cpu_seconds()
                     if generator == "wrk":
-                        load = run_wrk(url, scripts[method, callers], callers, plan.seconds)
+                        load = run_wrk(server.url, scripts[method, callers], callers, plan.seconds)
                     else:
-                        load = run_httpx_load(url, method, tokens_file, callers, plan.seconds)
+                        load = run_httpx_load(server.url, method, tokens_file, callers, plan.seconds)
+                    load = replace(load, server_cpu_seconds=server.cpu_seconds() - cpu_before)
                     results.setdefault((method, callers, kind), []).append(load)
     for method in METHODS:
         for callers in plan.callers:
@@ -377,6 +395,19 @@ def measure(
             section.add(f"{prefix}, bare", "req/s", [load.requests_per_second for load in bare])
             rates = [load.requests_per_second for load in guarded]
             figure = section.add(f"{prefix}, guarded", "req/s", rates, baseline=f"{prefix}, bare")
+            figure.target = f">= {TARGET_RATIO:.0%} of bare"
+            ratio = section.ratio(figure)
+            figure.met = ratio is not None and ratio >= TARGET_RATIO
+            # The same throughput with the machine's noise taken out: requests per second of the server's own CPU.
+            section.add(
+                f"{prefix}, bare, per server CPU-second", "req", [load.requests_per_cpu_second for load in bare]
+            )
+            figure = section.add(
+                f"{prefix}, guarded, per server CPU-second",
+                "req",
+                [load.requests_per_cpu_second for load in guarded],
+                baseline=f"{prefix}, bare, per server CPU-second",
+            )
             figure.target = f">= {TARGET_RATIO:.0%} of bare"
             ratio = section.ratio(figure)
             figure.met = ratio is not None and ratio >= TARGET_RATIO
@@ -402,13 +433,20 @@ def py_spy() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("py-spy")
 
 
+STDLIB = sysconfig.get_paths()["stdlib"]
+
+
 def frame_package(frame: str) -> str | None:
-    """The package a py-spy frame (`function (path/to/file.py:line)`) belongs to; None for the standard library."""
-    location = frame.rpartition(" (")[2]
-    top = re.split(r"[/.:]", location, maxsplit=1)[0].lstrip("<")
-    if top in sys.stdlib_module_names or top in ("frozen", "string", "module"):
+    """The package a py-spy frame (`function (/full/path/file.py:line)`) belongs to; None for the standard library
+    and for code Python generates (dataclass `__init__`s, frozen modules), which count for their caller."""
+    path = frame.rpartition(" (")[2].rpartition(":")[0]
+    if path.startswith("<") or (path.startswith(STDLIB) and "site-packages" not in path):
         return None
-    return top
+    if f"/{GUARD_PACKAGE}/" in path:
+        return GUARD_PACKAGE
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
+    return Path(path).name
 
 
 def owners(raw: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -445,7 +483,7 @@ def profile(
         return
     output = Path(scratch, "profile.txt")
     command = [spy, "record", "--pid", str(server.process.pid), "--duration", str(plan.profile_seconds)]
-    command += ["--rate", "200", "--nonblocking", "--format", "raw", "--output", str(output)]
+    command += ["--rate", "200", "--nonblocking", "--full-filenames", "--format", "raw", "--output", str(output)]
     recorder = subprocess.Popen(on_core(command, LOAD_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)
     run_wrk(server.url, script, callers, plan.profile_seconds)
