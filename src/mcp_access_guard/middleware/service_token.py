@@ -170,17 +170,19 @@ class ServiceTokenMiddleware:
         client_secrets: list[bytes] = []
         passed_on: list[tuple[bytes, bytes]] = []
         removed, secret_header = self._removed_headers, self._secret_header  # locals: this loop runs per header
-        for name, value in scope["headers"]:
+        for header in scope["headers"]:
+            name = header[0]
             if name in removed:
                 if name == secret_header:
-                    shared_secrets.append(value)
+                    shared_secrets.append(header[1])
                 elif name == _CLIENT_ID:
-                    client_ids.append(value)
+                    client_ids.append(header[1])
                 else:
-                    client_secrets.append(value)
+                    client_secrets.append(header[1])
             elif name.islower() or name.lower() not in removed:
                 # A name not in lower case breaks the ASGI rules; it is still not passed on if it names one of them.
-                passed_on.append((name, value))
+                # The server's own pair is passed on, not a copy: the request holds one object fewer per header.
+                passed_on.append(header)
 
         try:
             if self._secret_digests:
