@@ -90,7 +90,9 @@ class LagTicker:
             await asyncio.sleep(self.interval)
             woke, cpu_woke = time.perf_counter(), time.thread_time()
             due = slept + self.interval
-            self.ticks.append(Tick(due, max(due, woke), max(0.0, (woke - slept) - (cpu_woke - cpu))))
+            # Time off the CPU beyond the interval the loop may have spent idle: the machine ran something else.
+            descheduled = (woke - slept) - (cpu_woke - cpu) - self.interval
+            self.ticks.append(Tick(due, max(due, woke), max(0.0, descheduled)))
 
     def start(self) -> None:
         self.ticks.clear()
@@ -120,12 +122,13 @@ class LagTicker:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """One wake-up of a `LagTicker` (perf_counter seconds): when it was due, when it woke, and how much of its
-    sleep the loop's thread spent off the CPU (descheduled by the machine, not busy)."""
+    """One wake-up of a `LagTicker` (perf_counter seconds): when it was due, when it woke, and how long the loop's
+    thread was off the CPU beyond the interval it may have idled: descheduled by the machine, not busy (an upper
+    bound on what the process itself held the loop for is the lag less this)."""
 
     due: float
     woke: float
-    off_cpu: float
+    descheduled: float
 
     @property
     def lag(self) -> float:
