@@ -28,6 +28,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import bench_tools
 from bench_common import Section
 from mcp_access_guard import AccessConfig, AccessIdentity, AccessVerifier, Rule, ToolPolicy
 from mcp_access_guard.identity import bind_identity
@@ -40,6 +41,8 @@ VERIFIER_TITLE = "Scaling: the verifier's cached path"
 CALLER = AccessIdentity(subject="u1", issuer="https://team.example", expires_at=2**40, email="eve@example.com")
 # Enough rounds for a median; each round long enough (about 20 ms) that the clock's resolution does not matter.
 ROUNDS, WARMUP, ROUND_SECONDS = 9, 2, 0.02
+# The listing filter's targets for the 22-tool listing (issue 16): what a hidden tool costs, not a visible one.
+LISTING_TARGETS_US = {"one hidden": 15.0, "none hidden": 3.0}
 QUICK_ROUNDS, QUICK_WARMUP = 5, 1
 
 
@@ -86,8 +89,9 @@ def us(value: float) -> str:
 # -- the listing filter ---------------------------------------------------------------------------------------------
 
 
-def listing_body(tools: int, schema_bytes: int) -> bytes:
-    """A tools/list answer as the SDK writes it (compact), each tool's input schema padded to `schema_bytes`."""
+def listing_result(tools: int, schema_bytes: int) -> bytes:
+    """The `result` of a tools/list answer as the SDK writes it (compact), each input schema padded to
+    `schema_bytes`."""
 
     def schema(index: int) -> dict[str, Any]:
         properties: dict[str, Any] = {"a": {"type": "integer", "title": "A"}, "b": {"type": "integer", "title": "B"}}
@@ -101,15 +105,29 @@ def listing_body(tools: int, schema_bytes: int) -> bytes:
         {"name": f"tool{index}", "description": f"Tool number {index}", "inputSchema": schema(index)}
         for index in range(tools)
     ]
-    answer = {"jsonrpc": "2.0", "id": 1, "result": {"tools": entries}}
-    return json.dumps(answer, separators=(",", ":")).encode()
+    return json.dumps({"tools": entries}, separators=(",", ":")).encode()
 
 
-def listing_app(body: bytes) -> ASGIApp:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def sdk_listing_result() -> bytes:
+    """The `result` the mcp SDK itself answers for bench_tools's 22-tool server."""
+    mcp = bench_tools.server()
+    app = mcp.streamable_http_app(json_response=True, stateless_http=True)
+    async with app.router.lifespan_context(app):
+        answer = await bench_tools.call(app, *bench_tools.request("tools/list", {}))
+    text = answer.decode()
+    start = text.index('"result":') + len('"result":')
+    result = text[start : text.rindex("}")]
+    assert json.loads(result)["tools"][0]["name"] == "add", result[:200]
+    return result.encode()
+
+
+def listing_app(result: bytes) -> ASGIApp:
+    """Answers a tools/list with `result`, under the id the request came with (the guard may send its own)."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await receive()
+        request = json.loads((await receive())["body"])
+        body = b'{"jsonrpc":"2.0","id":' + json.dumps(request["id"]).encode() + b',"result":' + result + b"}"
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -171,42 +189,50 @@ async def answer_of(app: ASGIApp) -> bytes:
 
 async def listing_filter(quick: bool) -> Section:
     section = Section(LISTING_TITLE)
-    cases = [(10, 0), (100, 0), (1000, 0), (10, 10 * 1024), (100, 10 * 1024)]
-    if not quick:
-        cases.append((1000, 10 * 1024))
-    policies = {
-        "one hidden": ToolPolicy({"tool0": Rule(emails=["boss@example.com"])}),
-        "none hidden": ToolPolicy({"tool0": Rule(emails=[CALLER.email or ""])}),
-    }
+    cases: list[tuple[str, bytes, int]] = [("22 tools, the mcp SDK's answer", await sdk_listing_result(), 22)]
+    sizes = [(10, 0), (100, 0), (1000, 0), (10, 10 * 1024), (100, 10 * 1024)] + ([] if quick else [(1000, 10 * 1024)])
+    cases += [
+        (f"{tools} tools, {'10 KiB' if schema_bytes else 'small'} schemas", listing_result(tools, schema_bytes), tools)
+        for tools, schema_bytes in sizes
+    ]
+    hidden_tool = {"22 tools, the mcp SDK's answer": "secret"}
     rows = []
-    base: dict[str, tuple[float, int, int]] = {}
-    for tools, schema_bytes in cases:
-        body = listing_body(tools, schema_bytes)
-        bare = listing_app(body)
+    first: dict[str, tuple[float, int]] = {}
+    for case, result, tools in cases:
+        hidden = hidden_tool.get(case, "tool0")
+        policies = {
+            "one hidden": ToolPolicy({hidden: Rule(emails=["boss@example.com"])}),
+            "none hidden": ToolPolicy({hidden: Rule(emails=[CALLER.email or ""])}),
+        }
+        bare = listing_app(result)
         calls = {"bare": asgi_call(bare, LIST_REQUEST, LIST_SCOPE)}
         for label, policy in policies.items():
             guarded = ToolPolicyMiddleware(bare, policy)
             answer = json.loads(await answer_of(guarded))
-            shown = len(answer["result"]["tools"])
-            assert shown == tools - (label == "one hidden"), f"{label}: {shown} of {tools} tools shown"
+            shown = [tool["name"] for tool in answer["result"]["tools"]]
+            assert len(shown) == tools - (label == "one hidden"), f"{case}, {label}: {len(shown)} of {tools} shown"
+            assert (hidden in shown) is (label == "none hidden"), f"{case}, {label}"
             calls[label] = asgi_call(guarded, LIST_REQUEST, LIST_SCOPE)
         samples = await interleaved(calls, quick)
         bare_us = statistics.median(samples["bare"])
-        case = f"{tools} tools, {'10 KiB' if schema_bytes else 'small'} schemas"
         for label in policies:
             added = statistics.median(samples[label]) - bare_us
-            section.add(f"{case}, {label}: added", "µs", [sample - bare_us for sample in samples[label]])
-            first = base.setdefault(label, (added, tools, len(body)))
+            figure = section.add(f"{case}, {label}: added", "µs", [sample - bare_us for sample in samples[label]])
+            if case in hidden_tool:
+                limit = LISTING_TARGETS_US[label]
+                figure.target, figure.met = f"< {limit:g} µs added", added < limit
+                continue
+            base_added, base_bytes = first.setdefault(label, (added, len(result)))
             rows.append(
                 [
                     case,
                     label,
-                    f"{len(body) / 1024:.0f} KiB",
+                    f"{len(result) / 1024:.0f} KiB",
                     us(bare_us),
                     us(added),
                     f"{added / tools:.2f} µs",
-                    f"{added / first[0]:.1f}x" if first[0] > 0 else "-",
-                    f"{len(body) / first[2]:.1f}x",
+                    f"{added / base_added:.1f}x" if base_added > 0 else "-",
+                    f"{len(result) / base_bytes:.1f}x",
                 ]
             )
     section.tables.append(
@@ -225,9 +251,10 @@ async def listing_filter(quick: bool) -> Section:
         )
     )
     section.notes.append(
-        "Added time is the median round of (ToolPolicyMiddleware + app) less the median round of the app alone, "
-        "interleaved in one run; 'to the first row' compares each policy with its own 10-tool, small-schema row: "
-        "growth no faster than the work means the first ratio stays at or under the second."
+        "Added time: each round's (ToolPolicyMiddleware + app) less the median round of the app alone, rounds "
+        "interleaved in one run. The app answers a prepared `result` under the request's own id. 'To the first "
+        "row' compares each policy with its own 10-tool, small-schema row: growth no faster than the work means "
+        "the first ratio stays at or under the second."
     )
     return section
 
@@ -362,7 +389,8 @@ async def cached_path(quick: bool) -> Section:
 
 
 async def collect(quick: bool = False) -> list[Section]:
-    logging.getLogger("mcp_access_guard").setLevel(logging.CRITICAL)
+    for name in ("mcp_access_guard", "mcp", "httpx"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return [await listing_filter(quick), await decisions(quick), await cached_path(quick)]
 
 
@@ -372,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     for section in asyncio.run(collect(arguments.quick)):
         print(f"## {section.title}\n")
+        for figure in section.figures:
+            if figure.target is not None:
+                verdict = "met" if figure.met else "MISSED"
+                print(f"{figure.label}: {figure.median:.2f} {figure.unit} ({figure.target}: {verdict})")
         for rendered in section.tables:
             print(rendered, end="\n\n")
         for note in section.notes:
