@@ -2,7 +2,7 @@
 
 conftest.py installs `LogRecorder` for the whole session, makes `LocalAccess` report every token it signs, and collects
 the secrets the test modules declare (module-level names containing SECRET). `find_leaks` then looks for any of them,
-and for key material, in the recorded text.
+for key material, and for any credential OAuth mode mints (recognised by its prefix), in the recorded text.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import logging
 import re
 from collections.abc import Iterable
 from types import ModuleType
+
+from mcp_access_guard.oauth.records import CREDENTIAL
 
 # Runs of the base64url alphabet long enough to be a signature or a key (an RS256 signature is 342 characters).
 _LONG_RUN = re.compile(r"[A-Za-z0-9_-]{40,}")
@@ -64,4 +66,8 @@ def find_leaks(texts: Iterable[str], tokens: Iterable[str], secrets: Iterable[st
         leaks.append(f"{len(leaked_signatures)} token signature(s) appear in the log")
     leaks += [f"a secret of {len(secret)} characters appears in the log" for secret in secrets if secret in logged]
     leaks += [f"key material ({marker!r}) appears in the log" for marker in _KEY_MATERIAL if marker in logged]
+    # OAuth mode's own credentials carry a prefix (mag_at_, mag_rt_, mag_ac_, ...): any of them logged is a leak.
+    oauth_credentials = set(CREDENTIAL.findall(logged))
+    if oauth_credentials:
+        leaks.append(f"{len(oauth_credentials)} OAuth credential(s) (mag_..._) appear in the log")
     return leaks

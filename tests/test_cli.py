@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -23,6 +24,7 @@ import httpx
 import pytest
 
 from mcp_access_guard import serve as serve_module
+from mcp_access_guard.cli import build_parser
 from mcp_access_guard.config import ConfigError
 from mcp_access_guard.testing import LocalAccess, free_port
 
@@ -39,11 +41,11 @@ def cli_environment() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mcp_access_guard.cli", *args],
         cwd=cwd,
-        env=cli_environment(),
+        env={**cli_environment(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -88,13 +90,20 @@ class DevServer:
 
 
 def start_dev_server(cwd: Path, app: str = REFERENCE, *extra: str, ready_timeout: float = 60) -> DevServer:
+    return start_server(cwd, app, "--dev", *extra, ready_timeout=ready_timeout)
+
+
+def start_server(
+    cwd: Path, *arguments: str, env: dict[str, str] | None = None, ready_timeout: float = 60
+) -> DevServer:
+    """`mcp-access-guard serve ARGUMENTS` on a free port, once it answers /health."""
     port = free_port()
     stdout, stderr = cwd / f"serve-{port}.out", cwd / f"serve-{port}.err"
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mcp_access_guard.cli", "serve", app, "--dev", "--port", str(port), *extra],
+            [sys.executable, "-m", "mcp_access_guard.cli", "serve", *arguments, "--port", str(port)],
             cwd=cwd,
-            env=cli_environment(),
+            env={**cli_environment(), **(env or {})},
             stdout=out,
             stderr=err,
         )
@@ -120,7 +129,9 @@ def dev_server(tmp_path: Path) -> Iterator[DevServer]:
     server.kill()
 
 
-def tool_call(url: str, token: str, name: str, arguments: dict[str, Any] | None = None) -> tuple[int, Any]:
+def tool_call(
+    url: str, token: str, name: str, arguments: dict[str, Any] | None = None, **headers: str
+) -> tuple[int, Any]:
     """One modern-era tools/call over a fresh connection: the status, and the tool's structured result when 200."""
     message = {
         "jsonrpc": "2.0",
@@ -141,6 +152,7 @@ def tool_call(url: str, token: str, name: str, arguments: dict[str, Any] | None 
         "MCP-Protocol-Version": MODERN,
         "Mcp-Method": "tools/call",
         "Mcp-Name": name,
+        **headers,
     }
     with httpx.Client(timeout=30) as http:
         response = http.post(f"{url}/mcp", json=message, headers=headers)
@@ -301,6 +313,147 @@ def test_serve_with_four_workers_spreads_verified_requests_over_all_of_them(tmp_
         server.kill()
 
 
+# -- open mode, dev mode off loopback, and where serve's settings come from ---------------------------------------
+
+
+def test_open_mode_is_announced_on_stderr_whatever_the_log_level(tmp_path: Path) -> None:
+    server = start_server(tmp_path, REFERENCE, "--log-level", "critical", env={"GUARD_DEV": "1"})
+    try:
+        assert tool_call(server.url, "", "add", {"a": 2, "b": 3}) == (200, 5)  # open: no credential needed
+        assert server.interrupt() == 0
+    finally:
+        server.kill()
+    stderr = server.stderr.read_text()
+    assert "!! OPEN MODE: no Cloudflare Access verification" in stderr
+    assert f"answers ANYONE who reaches {server.url}" in stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "env"),
+    [
+        ([REFERENCE, "--host", "0.0.0.0"], {"GUARD_DEV": "1"}),
+        ([REFERENCE, "--host", "::"], {"GUARD_DEV": "true"}),
+        ([REFERENCE, "--dev", "--host", "0.0.0.0"], {}),
+        ([REFERENCE, "--dev", "--host", "192.0.2.10"], {}),
+    ],
+)
+def test_dev_and_open_mode_are_refused_off_loopback(tmp_path: Path, arguments: list[str], env: dict[str, str]) -> None:
+    done = run_cli("serve", *arguments, cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert "which other machines can reach" in done.stderr
+    assert "--allow-dev-on-network" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not list(tmp_path.glob(".mcp-access-guard-dev*"))
+
+
+def test_dev_mode_off_loopback_needs_the_second_switch(tmp_path: Path) -> None:
+    server = start_dev_server(tmp_path, REFERENCE, "--host", "0.0.0.0", "--allow-dev-on-network")
+    try:
+        token = server.printed.split("in place of the user's in any of the above:\n", 1)[1].split()[0]
+        assert tool_call(server.url, token, "whoami") == (200, "service token dev-robot.access")
+        assert server.interrupt() == 0
+    finally:
+        server.kill()
+
+
+def test_a_secret_in_the_environment_guards_a_server_configured_by_a_file(
+    tmp_path: Path, local_access: LocalAccess
+) -> None:
+    (tmp_path / "guard.toml").write_text(
+        f'[access]\nteam_domain = "{local_access.url}"\naudiences = ["{local_access.audience}"]\n'
+    )
+    (tmp_path / "pid_server.py").write_text(PID_SERVER)  # an app that reads no settings of its own
+    secret = secrets.token_hex(16)
+    env = {"GUARD_SECRETS": secret, "FORWARDED_ALLOW_IPS": "*"}
+    server = start_server(tmp_path, "pid_server:mcp", "--config", "guard.toml", env=env)
+    try:
+        token = local_access.user_token()
+        # Around the tunnel (no secret) a valid token is not enough; through it, it is.
+        assert tool_call(server.url, token, "pid")[0] == 403
+        assert tool_call(server.url, token, "pid", **{"Cf-Access-Guard-Secret": secret}) == (200, server.process.pid)
+        assert server.interrupt() == 0
+    finally:
+        server.kill()
+    stderr = server.stderr.read_text()
+    assert "FORWARDED_ALLOW_IPS is not read; proxy headers are trusted from --forwarded-allow-ips 127.0.0.1" in stderr
+    assert "OPEN MODE" not in stderr
+
+
+SERVE_UP_TO_THE_LOOP = """
+import sys
+
+import uvicorn
+
+uvicorn.run = lambda *args, **options: None  # everything up to the server's loop runs for real
+from mcp_access_guard.cli import main
+
+assert main(sys.argv[1:]) == 0
+print(sorted(name for name in sys.modules if name.startswith("mcp_access_guard.")))
+"""
+
+
+@pytest.mark.parametrize(("dev", "loaded"), [(False, False), (True, True)])
+def test_a_production_serve_never_imports_the_test_issuer(tmp_path: Path, dev: bool, loaded: bool) -> None:
+    env = {**cli_environment(), "TEAM_DOMAIN": "myteam", "POLICY_AUD": AUD}
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_UP_TO_THE_LOOP, "serve", REFERENCE, *(["--dev"] if dev else [])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    modules = done.stdout.strip().splitlines()[-1]
+    assert "'mcp_access_guard.serve'" in modules
+    assert ("'mcp_access_guard.testing'" in modules) is loaded
+    assert ("'mcp_access_guard.dev'" in modules) is loaded
+    assert "'mcp_access_guard.check'" not in modules
+
+
+# -- the dev state file ------------------------------------------------------------------------------------------------
+
+
+def test_the_dev_state_file_is_never_written_through_a_symbolic_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / ".mcp-access-guard-dev.json").symlink_to(victim)
+    done = run_cli("serve", REFERENCE, "--dev", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "cannot write the dev state file .mcp-access-guard-dev.json: it is a symbolic link" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert victim.read_text() == "precious"
+
+
+def test_the_dev_state_file_is_never_read_through_a_symbolic_link(tmp_path: Path) -> None:
+    with LocalAccess() as issuer:
+        issuer.save(tmp_path / "state.json")
+    (tmp_path / "link.json").symlink_to(tmp_path / "state.json")
+    done = run_cli("token", "--email", "alice@example.com", "--dev-state", "link.json", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "cannot use the dev issuer state in link.json: it is a symbolic link" in done.stderr
+    assert run_cli("token", "--email", "alice@example.com", "--dev-state", "state.json", cwd=tmp_path).stdout
+
+
+def test_a_planted_temporary_name_is_not_followed(tmp_path: Path) -> None:
+    # The name the state was once written through (predictable: the pid) is where another user would plant a link.
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    planted = tmp_path / f".state.json.{os.getpid()}.tmp"
+    planted.symlink_to(victim)
+    with LocalAccess() as issuer:
+        issuer.save(tmp_path / "state.json")
+    assert victim.read_text() == "precious"
+    assert planted.is_symlink()
+    state = tmp_path / "state.json"
+    assert not state.is_symlink()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert sorted(path.name for path in tmp_path.iterdir()) == [planted.name, "state.json", "victim"]
+
+
 # -- bad input: one line, non-zero, no traceback -----------------------------------------------------------------------
 
 
@@ -349,7 +502,7 @@ AUD = "a" * 64
 
 
 def test_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = serve_module.load_config(None, {"TEAM_DOMAIN": "myteam", "POLICY_AUD": AUD}, dev_issuer=False)
+    config = serve_module.load_config(None, {"TEAM_DOMAIN": "myteam", "POLICY_AUD": AUD})
     assert config.access is not None
     assert (config.access.team_domain, config.access.audiences) == (TEAM, (AUD,))
 
@@ -358,22 +511,22 @@ def test_environment_fills_what_the_file_leaves_out(tmp_path: Path) -> None:
     path = tmp_path / "guard.toml"
     path.write_text('[tools.generate_image]\nemails = ["alice@example.com"]\n')
     env = {"TEAM_DOMAIN": "myteam", "POLICY_AUD": AUD, "GUARD_SECRETS": "kept-from-the-environment"}
-    config = serve_module.load_config(str(path), env, dev_issuer=False)
+    config = serve_module.load_config(str(path), env)
     assert config.access is not None
     assert config.access.team_domain == TEAM
     assert config.tools is not None
     # A secret kept in the environment, as examples/guard.toml advises, is not dropped because a file is used.
     assert config.service_token.secrets == ("kept-from-the-environment",)
     with pytest.raises(ConfigError, match="TEAM_DOMAIN"):
-        serve_module.load_config(str(path), {"TEAM_DOMAIN": "http://example.com", "POLICY_AUD": AUD}, dev_issuer=False)
+        serve_module.load_config(str(path), {"TEAM_DOMAIN": "http://example.com", "POLICY_AUD": AUD})
     with pytest.raises(ConfigError):
-        serve_module.load_config(str(path), {}, dev_issuer=False)
+        serve_module.load_config(str(path), {})
 
 
 def test_a_file_access_table_wins_over_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "guard.toml"
     path.write_text(f'[access]\nteam_domain = "otherteam"\naudiences = ["{AUD}"]\nleeway = 5\n')
-    config = serve_module.load_config(str(path), {"TEAM_DOMAIN": "myteam", "POLICY_AUD": AUD}, dev_issuer=False)
+    config = serve_module.load_config(str(path), {"TEAM_DOMAIN": "myteam", "POLICY_AUD": AUD})
     assert config.access is not None
     assert config.access.team_domain == "https://otherteam.cloudflareaccess.com"
 
@@ -381,14 +534,32 @@ def test_a_file_access_table_wins_over_the_environment(tmp_path: Path) -> None:
 def test_dev_issuer_replaces_the_files_team_and_keeps_its_other_settings(tmp_path: Path) -> None:
     path = tmp_path / "guard.toml"
     path.write_text(f'[access]\nteam_domain = "otherteam"\naudiences = ["{AUD}"]\nleeway = 5\n')
-    env = {"TEAM_DOMAIN": "http://127.0.0.1:9", "POLICY_AUD": "b" * 64}
-    config = serve_module.load_config(str(path), env, dev_issuer=True)
+    env = {"TEAM_DOMAIN": "myteam", "POLICY_AUD": AUD, "ACCESS_CERTS_URL": "https://elsewhere.example/certs"}
+    config = serve_module.load_config(str(path), env, dev_issuer=("http://127.0.0.1:9", "b" * 64))
     assert config.access is not None
     assert (config.access.team_domain, config.access.audiences, config.access.leeway) == (
         "http://127.0.0.1:9",
         ("b" * 64,),
         5,
     )
+    assert config.access.certs_url == "http://127.0.0.1:9/cdn-cgi/access/certs"
+    # And with no Access settings anywhere, the dev issuer is all there is.
+    alone = serve_module.load_config(None, {}, dev_issuer=("http://127.0.0.1:9", "b" * 64))
+    assert alone.access is not None
+    assert alone.access.issuer == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    ("options", "trusted"), [([], "127.0.0.1"), (["--forwarded-allow-ips", "10.0.0.1"], "10.0.0.1")]
+)
+def test_uvicorn_never_reads_forwarded_allow_ips_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, options: list[str], trusted: str
+) -> None:
+    import uvicorn
+
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    args = build_parser().parse_args(["serve", "m:app", *options])
+    assert uvicorn.Config("m:app", **serve_module.uvicorn_options(args)).forwarded_allow_ips == trusted
 
 
 def test_local_access_state_round_trip(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from mcp_access_guard import AccessJWTMiddleware, current_identity
 from mcp_access_guard.downstream import AccessForwardingAuth, forwarding_client
 from mcp_access_guard.identity import AccessIdentity, bind_identity
 from mcp_access_guard.testing import LocalAccess, serve
+from recording_proxy import NO_PROXY_VARIABLES, PROXY_VARIABLES, RecordingProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +78,7 @@ async def test_second_app_accepts_the_first_apps_forwarded_token(local_access: L
     config = local_access.config()
     b = LinkedAppEdge(AccessJWTMiddleware(Starlette(routes=[Route("/report", report)]), config=config))
     async with serve(b) as b_url:
-        listed = AccessJWTMiddleware(app_a(b_url, ["127.0.0.1"]), config=config)
+        listed = AccessJWTMiddleware(app_a(b_url, [b_url.removeprefix("http://")]), config=config)
         unlisted = AccessJWTMiddleware(app_a(b_url, ["reports.example.com"]), config=config)
         async with serve(listed) as a_url, serve(unlisted) as other_a_url:
             for email in ("alice@example.com", "bob@example.com"):
@@ -89,24 +90,27 @@ async def test_second_app_accepts_the_first_apps_forwarded_token(local_access: L
             assert await call_report(other_a_url, local_access.user_token()) == '401 {"error":"unauthorized"}'
 
 
-async def test_a_redirect_to_an_unlisted_host_drops_the_token(local_access: LocalAccess) -> None:
+async def test_a_redirect_to_an_unlisted_host_or_port_drops_the_token(local_access: LocalAccess) -> None:
     token = local_access.user_token()
     identity = AccessIdentity(subject="s", issuer=local_access.url, expires_at=0, email="a@b.c", token=token)
     async with serve(Starlette(routes=[Route("/echo", echo_headers)])) as elsewhere:
-        unlisted_url = elsewhere.replace("127.0.0.1", "localhost")
+        other_host = elsewhere.replace("127.0.0.1", "localhost")
 
-        async def bounce(_: Request) -> RedirectResponse:
-            return RedirectResponse(f"{unlisted_url}/echo")
+        async def bounce(request: Request) -> RedirectResponse:
+            return RedirectResponse(f"{request.query_params['to']}/echo")
 
         async with serve(Starlette(routes=[Route("/bounce", bounce), Route("/echo", echo_headers)])) as listed:
             with bind_identity({"type": "http"}, identity):
-                async with forwarding_client(["127.0.0.1"], follow_redirects=True) as client:
+                async with forwarding_client([listed.removeprefix("http://")], follow_redirects=True) as client:
                     direct = (await client.get(f"{listed}/echo")).json()
-                    bounced = await client.get(f"{listed}/bounce")
+                    to_other_host = await client.get(f"{listed}/bounce", params={"to": other_host})
+                    # The same host on another port is another service.
+                    to_other_port = await client.get(f"{listed}/bounce", params={"to": elsewhere})
     assert direct["cf-access-token"] == token
-    assert bounced.url.host == "localhost"
-    assert bounced.history[0].request.headers["cf-access-token"] == token
-    assert "cf-access-token" not in bounced.json()
+    for bounced, host in ((to_other_host, "localhost"), (to_other_port, "127.0.0.1")):
+        assert bounced.url.host == host
+        assert bounced.history[0].request.headers["cf-access-token"] == token
+        assert "cf-access-token" not in bounced.json()
 
 
 def sent_headers(url: str, auth: AccessForwardingAuth) -> httpx.Headers:
@@ -123,22 +127,76 @@ def sent_headers(url: str, auth: AccessForwardingAuth) -> httpx.Headers:
     return seen[0]
 
 
-def test_only_https_or_loopback_and_only_listed_hosts() -> None:
+@pytest.fixture
+def no_proxy_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*PROXY_VARIABLES, *NO_PROXY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_proxy_in_environment")
+def test_only_https_or_loopback_and_only_listed_services() -> None:
     identity = AccessIdentity(subject="s", issuer="i", expires_at=0, email="a@b.c", token="header.payload.signature")
-    auth = AccessForwardingAuth(["Reports.Example.com", "127.0.0.1"])
+    auth = AccessForwardingAuth(["Reports.Example.com", "127.0.0.1:9", "[::1]:8001", "api.example.com:8443"])
     with bind_identity({"type": "http"}, identity):
-        assert sent_headers("https://reports.example.com/x", auth)["cf-access-token"] == identity.token
-        assert sent_headers("https://REPORTS.example.com./x", auth)["cf-access-token"] == identity.token
-        assert sent_headers("http://127.0.0.1:9/x", auth)["cf-access-token"] == identity.token
-        assert "cf-access-token" not in sent_headers("http://reports.example.com/x", auth)
-        assert "cf-access-token" not in sent_headers("https://evil.example.com/x", auth)
-        assert "cf-access-token" not in sent_headers("https://reports.example.com.evil.net/x", auth)
+        for url in (
+            "https://reports.example.com/x",
+            "https://REPORTS.example.com./x",
+            "https://reports.example.com:443/x",
+            "http://127.0.0.1:9/x",
+            "http://[::1]:8001/x",
+            "https://api.example.com:8443/x",
+        ):
+            assert sent_headers(url, auth).get("cf-access-token") == identity.token, url
+        for url in (
+            "http://reports.example.com/x",
+            "https://reports.example.com:8443/x",  # a listed host on another port is another service
+            "http://127.0.0.1:10/x",
+            "http://127.0.0.1/x",
+            "http://[::1]:8002/x",
+            "https://api.example.com/x",
+            "https://evil.example.com/x",
+            "https://reports.example.com.evil.net/x",
+        ):
+            assert "cf-access-token" not in sent_headers(url, auth), url
     # Outside a guarded request, or for an identity with no token (a direct service-token pair), nothing is sent.
     assert current_identity() is None
     assert "cf-access-token" not in sent_headers("https://reports.example.com/x", auth)
     pairless = AccessIdentity(subject="", issuer="local", expires_at=0, common_name="robot.access")
     with bind_identity({"type": "http"}, pairless):
         assert "cf-access-token" not in sent_headers("https://reports.example.com/x", auth)
+
+
+@pytest.mark.parametrize(
+    "entry", ["https://reports.example.com", "reports.example.com/api", "user@host", "host:port", "host:0", "h:70000"]
+)
+def test_a_service_is_a_host_and_a_port_nothing_more(entry: str) -> None:
+    with pytest.raises(ValueError, match=r"expected host or host:port|a port is from 1 to 65535"):
+        AccessForwardingAuth([entry])
+
+
+async def test_plain_http_never_goes_to_a_proxy_from_the_environment(
+    local_access: LocalAccess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = local_access.user_token()
+    identity = AccessIdentity(subject="s", issuer=local_access.url, expires_at=0, email="a@b.c", token=token)
+    proxy = RecordingProxy()
+    async with serve(Starlette(routes=[Route("/echo", echo_headers)])) as app_url, proxy.running(monkeypatch):
+        service = app_url.removeprefix("http://")
+        with bind_identity({"type": "http"}, identity):
+            # The proxy is live: a client that trusts the environment sends through it.
+            async with httpx.AsyncClient() as plain:
+                assert (await plain.get(f"{app_url}/echo")).status_code == 200
+            assert len(proxy.requests) == 1
+            # forwarding_client goes straight to the loopback host named, with the token.
+            async with forwarding_client([service]) as client:
+                answer = (await client.get(f"{app_url}/echo")).json()
+            assert answer["cf-access-token"] == token
+            # The auth on a client of one's own cannot tell whether it uses the proxy, so it adds nothing.
+            async with httpx.AsyncClient(auth=AccessForwardingAuth([service])) as own:
+                await own.get(f"{app_url}/echo")
+    assert len(proxy.requests) == 2
+    assert token.encode() not in proxy.received
+    assert any(getattr(record, "reason", None) == "proxy_in_environment" for record in caplog.records)
 
 
 @pytest.mark.parametrize("hosts", [[], [""], "reports.example.com"])

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from mcp_access_guard.jwks import JWKSCache, KeysUnavailable
-from mcp_access_guard.testing import Fault, LocalAccess
+from mcp_access_guard.testing import Fault, LocalAccess, LocalAccessSaaS
 from support import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -292,3 +292,52 @@ async def test_a_rotation_right_after_a_routine_fetch_is_picked_up_at_once(
         assert await cache.get(secrets.token_hex(16)) is None
     assert cache.fetch_count == 2
     await cache.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "status"),
+    [
+        (None, "unreachable", None),
+        ("slow", "timeout", None),
+        ("http_500", "http_status", 500),
+        ("redirect", "http_status", 302),
+        ("garbage", "not_json", None),
+        ("html", "not_json", None),
+        ("empty", "no_usable_key", None),
+        ("non_rsa", "no_usable_key", None),
+        ("huge", "too_large", None),
+    ],
+    ids=lambda value: str(value),
+)
+async def test_each_failed_fetch_says_what_kind_of_failure_it_was(
+    issuer: LocalAccess, clock: ManualClock, fault: Fault | None, kind: str, status: int | None
+) -> None:
+    issuer.slow_seconds = 1.0
+    issuer.huge_bytes = 8192
+    cache = JWKSCache(issuer.certs_url, clock=clock, timeout=0.3, max_bytes=4096)
+    await cache.refresh()
+    assert cache.last_failure is None
+
+    break_issuer(issuer, fault)
+    await cache.refresh()
+    failure = cache.last_failure
+    assert failure is not None
+    assert (failure.kind, failure.status) == (kind, status)
+    assert failure.detail == str(failure)
+    assert cache.kids == (issuer.current_key.kid,)  # the last good keys stay
+
+    issuer.come_back()
+    await cache.refresh()
+    assert cache.last_failure is None  # a good fetch clears it
+    await cache.aclose()
+
+
+async def test_keys_are_asked_for_uncompressed(local_access_saas: LocalAccessSaaS) -> None:
+    # A key server that compresses for clients that accept it (as CDNs do): the bounded raw read must get JSON.
+    local_access_saas.compress = True
+    cache = JWKSCache(local_access_saas.jwks_url)
+    try:
+        assert await cache.get(local_access_saas.current_key.kid) is not None
+        assert cache.last_failure is None
+    finally:
+        await cache.aclose()

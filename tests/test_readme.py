@@ -204,3 +204,15 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     variables |= {"ALLOWED_EMAIL_DOMAINS", "ALLOWED_SERVICE_TOKENS", "ALLOWED_GROUPS"}
     assert variables
     assert not [name for name in sorted(variables) if f"`{name}`" not in README]
+
+
+def test_the_curl_example_is_the_request_serve_dev_prints() -> None:
+    from mcp_access_guard.mcp_request import tools_list_request
+
+    (block,) = blocks("while-serving")
+    curl = shlex.split(block.code.split("\ncurl ", 1)[1].replace("\\\n", " "))
+    headers = dict(curl[index + 1].split(": ", 1) for index, word in enumerate(curl) if word == "-H")
+    request = tools_list_request()
+    assert headers.pop("Cf-Access-Jwt-Assertion") == "$TOKEN"
+    assert headers == request.headers
+    assert json.loads(curl[curl.index("--data") + 1]) == request.body

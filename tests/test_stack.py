@@ -15,7 +15,7 @@ from mcp_types import TextContent
 from mcp_access_guard import ConfigError, current_identity
 from mcp_access_guard.policy import Rule, ToolPolicy
 from mcp_access_guard.settings import CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
-from mcp_access_guard.stack import guard
+from mcp_access_guard.stack import DropServiceTokenHeaders, guard
 from mcp_access_guard.testing import LocalAccess, serve
 from support import INITIALIZE, MCP_HEADERS
 
@@ -151,10 +151,13 @@ def test_layers_can_be_left_out_only_explicitly(local_access: LocalAccess) -> No
     full = guard(app, GuardConfig(access=local_access.config()))
     assert isinstance(full, PathAllowlistMiddleware)
     assert isinstance(full.app, CORSAllowlistMiddleware)
-    assert isinstance(full.app.app, AccessJWTMiddleware)
-    assert full.app.app.app is app
+    # With no shared secret configured, that layer's place only takes the service-token headers off.
+    assert isinstance(full.app.app, DropServiceTokenHeaders)
+    assert isinstance(full.app.app.app, AccessJWTMiddleware)
+    assert full.app.app.app.app is app
     bare = guard(app, GuardConfig(access=local_access.config(), paths=None, cors=None))
-    assert isinstance(bare, AccessJWTMiddleware)
+    assert isinstance(bare, DropServiceTokenHeaders)
+    assert isinstance(bare.app, AccessJWTMiddleware)
 
 
 def test_the_sample_toml_documents_a_loadable_config() -> None:
@@ -275,3 +278,41 @@ async def test_behind_a_tunnel_our_host_check_replaces_the_sdks(local_access: Lo
         assert rebound.status_code == 421
         foreign_page = await request(url, Host="mcp.example.com", Origin="https://evil.example", **{ASSERTION: token})
         assert foreign_page.status_code == 403
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("secrets", [(), (SECRET,)], ids=["shared-secret layer off", "shared-secret layer on"])
+async def test_service_token_headers_never_reach_the_app(
+    local_access: LocalAccess, seen_headers: list[dict[str, str]], secrets: tuple[str, ...]
+) -> None:
+    config = GuardConfig(access=local_access.config(), service_token=ServiceTokenSettings(secrets=secrets))
+    client_secret = "a-client-secret-nothing-here-checks"
+    async with serve(guard(reference_server(seen_headers).streamable_http_app(), config)) as url:
+        answer = await request(
+            url,
+            **{
+                ASSERTION: local_access.user_token(),
+                SECRET_HEADER: SECRET,
+                "CF-Access-Client-Id": "robot.access",
+                "CF-Access-Client-Secret": client_secret,
+            },
+        )
+    assert answer.status_code == 200
+    [seen] = seen_headers
+    assert "cf-access-client-id" not in seen
+    assert "cf-access-client-secret" not in seen
+    assert client_secret not in json.dumps(seen)
+    assert seen[ASSERTION.lower()]  # the rest arrives as sent
+
+
+@pytest.mark.anyio
+async def test_service_token_headers_in_any_case_are_dropped_with_the_layer_off() -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        seen.append(scope["headers"])
+
+    headers = [(b"CF-Access-Client-Secret", b"x" * 20), (b"cf-access-client-id", b"robot.access"), (b"accept", b"*/*")]
+    await DropServiceTokenHeaders(app)({"type": "http", "headers": headers}, None, None)  # type: ignore[arg-type]
+    await DropServiceTokenHeaders(app)({"type": "http", "headers": headers[2:]}, None, None)  # type: ignore[arg-type]
+    assert seen == [[(b"accept", b"*/*")], [(b"accept", b"*/*")]]

@@ -8,6 +8,7 @@ from .identity import AccessIdentity, current_identity
 from .jwks import JWKSCache
 from .middleware.access import AccessJWTMiddleware
 from .middleware.cors import DEFAULT_MCP_ORIGINS, CORSAllowlistMiddleware
+from .middleware.oauth import OAuthBearerMiddleware, OAuthEndpointsMiddleware
 from .middleware.paths import PathAllowlistMiddleware
 from .middleware.service_token import ServiceTokenMiddleware
 from .middleware.tools import ToolPolicyMiddleware
@@ -31,6 +32,8 @@ __all__ = [
     "ConfigError",
     "GuardConfig",
     "JWKSCache",
+    "OAuthBearerMiddleware",
+    "OAuthEndpointsMiddleware",
     "PathAllowlistMiddleware",
     "PathSettings",
     "Rule",

@@ -13,10 +13,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import MCPServer
-from mcp.shared.inbound import encode_header_value
 from mcp_types import CallToolResult, TextContent
 
 from .identity import current_identity
+from .mcp_request import modern_request
 from .middleware.access import ASSERTION_HEADER
 from .policy import ToolPolicy
 from .settings import GuardConfig
@@ -26,7 +26,6 @@ from .testing import LocalAccess, SigningKey, serve
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 SERVICE_ID = "88bf3b6d86161464f6509f7219099e57.access"
-MODERN = "2026-07-28"
 
 
 def build_server(policy: ToolPolicy) -> MCPServer:
@@ -108,29 +107,11 @@ async def _draw(client: Client) -> str:
 
 async def _raw_call(url: str, token: str, name: str) -> tuple[int, str, bytes]:
     """One modern-era tools/call over plain HTTP, with the name blanked out of the answer for comparison."""
-    message = {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "tools/call",
-        "params": {
-            "name": name,
-            "arguments": {"prompt": "a cat"},
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": MODERN,
-                "io.modelcontextprotocol/clientCapabilities": {},
-            },
-        },
-    }
-    headers = {
-        ASSERTION_HEADER.decode(): token,
-        "Accept": "application/json, text/event-stream",
-        "Content-Type": "application/json",
-        "MCP-Protocol-Version": MODERN,
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": encode_header_value(name),
-    }
+    request = modern_request("tools/call", {"name": name, "arguments": {"prompt": "a cat"}}, request_id=7)
     async with httpx2.AsyncClient() as http:
-        response = await http.post(f"{url}/mcp", json=message, headers=headers)
+        response = await http.post(
+            f"{url}/mcp", json=request.body, headers={**request.headers, ASSERTION_HEADER.decode(): token}
+        )
     return (
         response.status_code,
         response.headers.get("content-type", ""),

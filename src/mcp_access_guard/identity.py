@@ -36,6 +36,9 @@ class AccessIdentity:
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # The raw assertion, kept for linked-app forwarding; out of repr and equality so it never lands in a log.
     token: str = field(default="", compare=False)
+    # Set when the caller came in OAuth mode: the client it authorised. There is then no assertion (`token` is
+    # empty) and nothing to forward.
+    oauth_client_id: str | None = None
 
     @property
     def is_service_token(self) -> bool:
@@ -62,7 +65,10 @@ class AccessIdentity:
 
     def __repr__(self) -> str:
         kind = "service_token" if self.is_service_token else "user"
-        return f"AccessIdentity({kind}={self.principal!r}, groups={self.groups!r}, expires_at={self.expires_at})"
+        client = f", oauth_client_id={self.oauth_client_id!r}" if self.oauth_client_id is not None else ""
+        return (
+            f"AccessIdentity({kind}={self.principal!r}, groups={self.groups!r}, expires_at={self.expires_at}{client})"
+        )
 
 
 def current_identity() -> AccessIdentity | None:

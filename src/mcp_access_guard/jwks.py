@@ -7,8 +7,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
@@ -26,13 +27,31 @@ class KeysUnavailable(Exception):
     """No trustworthy keys: never fetched successfully, or the last good ones are past the stale window."""
 
 
+FailureKind = Literal["unreachable", "timeout", "http_status", "not_json", "no_usable_key", "too_large"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFetchFailure:
+    """Why the last key fetch failed: `kind` to branch on, `status` for `http_status`, `detail` in words."""
+
+    kind: FailureKind
+    detail: str
+    status: int | None = None
+
+    def __str__(self) -> str:
+        return self.detail
+
+
 class _FetchFailed(Exception):
-    pass
+    def __init__(self, kind: FailureKind, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.failure = KeyFetchFailure(kind, detail, status)
 
 
 class JWKSCache:
     """Keys by `kid`, from one certs URL. One fetch in flight at a time; unknown kids refetch at most once per
     cooldown; keys older than `max_age` are refreshed; a failed refresh keeps the last good keys for `stale_window`.
+    `last_failure` says why the latest fetch failed, None once one succeeds.
     """
 
     def __init__(
@@ -54,6 +73,7 @@ class JWKSCache:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.fetch_count = 0
+        self.last_failure: KeyFetchFailure | None = None
         self._clock = clock
         self._client = http_client
         self._owns_client = http_client is None
@@ -121,17 +141,19 @@ class JWKSCache:
         self.fetch_count += 1
         try:
             keys = await self._download()
-        except _FetchFailed as failure:
+        except _FetchFailed as failed:
+            self.last_failure = failed.failure
             logger.warning(
                 "could not refresh Access signing keys from %s: %s; %s",
                 self.certs_url,
-                failure,
+                failed.failure,
                 "serving the last good keys" if self._keys else "no keys to serve",
                 extra={"layer": "jwks", "decision": "error", "reason": "keys_fetch_failed"},
             )
             return
         finally:
             self._fetches_done += 1
+        self.last_failure = None
         removed = self._keys.keys() - keys.keys()
         if removed:
             logger.info("Access signing keys no longer published, no longer trusted: %s", sorted(removed))
@@ -147,31 +169,37 @@ class JWKSCache:
             # httpx's timeout bounds each read; this bounds the whole fetch, so a slow drip cannot hold us.
             with anyio.fail_after(self.timeout):
                 body = await self._read_bounded(self._client)
-        except TimeoutError:
-            raise _FetchFailed(f"no complete answer within {self.timeout} s") from None
+        except (TimeoutError, httpx.TimeoutException):
+            raise _FetchFailed("timeout", f"no complete answer within {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
-            raise _FetchFailed(f"{type(exc).__name__}") from None
+            # The class name only: an exception's text may carry the URL, and says nothing more useful here.
+            raise _FetchFailed("unreachable", type(exc).__name__) from None
         try:
             document = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise _FetchFailed("the answer is not JSON") from None
+            raise _FetchFailed("not_json", "the answer is not JSON") from None
         keys = _parse_keys(document)
         if not keys:
-            raise _FetchFailed("the answer holds no usable RS256 key")
+            raise _FetchFailed("no_usable_key", "the answer holds no usable RS256 key")
         return keys
 
     async def _read_bounded(self, client: httpx.AsyncClient) -> bytes:
         async with client.stream(
-            "GET", self.certs_url, headers={"Accept": "application/json"}, timeout=self.timeout
+            "GET",
+            self.certs_url,
+            # Uncompressed: the size bound is on the bytes parsed, and a compressed answer would read as garbage.
+            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            timeout=self.timeout,
         ) as response:
-            if response.status_code != 200:
+            status = response.status_code
+            if status != 200:
                 detail = f" to {response.headers.get('location', '?')}" if response.is_redirect else ""
-                raise _FetchFailed(f"HTTP {response.status_code}{detail} (redirects are not followed)")
+                raise _FetchFailed("http_status", f"HTTP {status}{detail} (redirects are not followed)", status)
             body = bytearray()
             async for chunk in response.aiter_raw():
                 body += chunk
                 if len(body) > self.max_bytes:
-                    raise _FetchFailed(f"the answer is larger than {self.max_bytes} bytes")
+                    raise _FetchFailed("too_large", f"the answer is larger than {self.max_bytes} bytes")
             return bytes(body)
 
 

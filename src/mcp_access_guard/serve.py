@@ -1,9 +1,10 @@
 """`mcp-access-guard serve MODULE:APP`: any ASGI MCP app (or an MCP server object) behind the whole `guard()` stack,
-run by uvicorn. `--dev` runs it against an embedded `LocalAccess` issuer and prints ready-to-paste client commands.
+run by uvicorn. `--dev` runs it against an embedded issuer (`dev.py`, imported only then).
 
-With several workers uvicorn needs an import string, so each worker rebuilds the guarded app through
-`app_from_environment`, from the variables the serving process sets before it starts uvicorn. Each worker keeps its
-own key cache; nothing is shared between them.
+The configuration is read here, in this process, with `GuardConfig.load` (the file, then the environment for what it
+leaves out). With several workers uvicorn needs an import string, so only then does this process put what to build
+in the environment, and each worker rebuilds the same guarded app through `app_from_environment`. Each worker keeps
+its own key cache; nothing is shared between them.
 """
 
 from __future__ import annotations
@@ -11,91 +12,41 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import os
-import shlex
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from .config import AccessConfig, ConfigError
+from .config import AccessConfig, ConfigError, is_loopback
 from .settings import GuardConfig
 from .stack import guard
-from .testing import LocalAccess
 
-# How the serving process tells each worker what to build (see `app_from_environment`).
+if TYPE_CHECKING:
+    from .testing import LocalAccess
+
+# How the serving process tells each worker what to build (see `app_from_environment`), with --workers above 1.
 APP_VARIABLE = "MCP_ACCESS_GUARD_APP"
 APP_DIR_VARIABLE = "MCP_ACCESS_GUARD_APP_DIR"
 CONFIG_VARIABLE = "MCP_ACCESS_GUARD_CONFIG"
 DEV_ISSUER_VARIABLE = "MCP_ACCESS_GUARD_DEV_ISSUER"
+DEV_AUDIENCE_VARIABLE = "MCP_ACCESS_GUARD_DEV_AUDIENCE"
 
-DEFAULT_DEV_STATE = ".mcp-access-guard-dev.json"
-DEV_USER = "alice@example.com"
-DEV_SERVICE_TOKEN = "dev-robot.access"
-DEV_TOKEN_SECONDS = 3600
-# The Inspector's 2.x line; the standalone `inspector-cli` 1.0.3 package is broken.
-INSPECTOR_PACKAGE = "@modelcontextprotocol/inspector@2"
-# One request that lists tools with no session: the modern protocol era carries the version in every request.
-MODERN_PROTOCOL = "2026-07-28"
-
-CONFIG_HELP = """\
-Where the guard's settings come from:
-  --config FILE   the file (shaped like examples/guard.toml) decides every setting it names; the environment
-                  (TEAM_DOMAIN, POLICY_AUD, GUARD_SECRETS, ...) fills in every setting the file leaves out.
-  no --config     every setting comes from the environment (TEAM_DOMAIN, POLICY_AUD, GUARD_* ...; see the README).
-  --dev           as above, except that Access is always the embedded dev issuer: the file's [access] team and
-                  audience and TEAM_DOMAIN/POLICY_AUD are replaced by it (the file's other [access] keys still apply).
-"""
+OPEN_MODE_BANNER = """\
+{bar}
+!! OPEN MODE: no Cloudflare Access verification. This server answers ANYONE who reaches {url}
+!! (dev mode is on, GUARD_DEV or dev = true, and no team domain and audience are configured).
+!! For local experiments only: set TEAM_DOMAIN and POLICY_AUD ([access] in the file) to guard it.
+{bar}""".replace("{bar}", "!" * 100)
 
 
 class ServeError(Exception):
     """Input that cannot be served; the message is one line that says what is wrong."""
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "app", metavar="MODULE:APP", help="an ASGI app, or an MCP server object with streamable_http_app()"
-    )
-    parser.add_argument("--config", metavar="FILE", help="a guard.toml (see the precedence below)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    parser.add_argument("--workers", type=_positive, default=1, help="worker processes (default: %(default)s)")
-    parser.add_argument(
-        "--proxy-headers",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="trust X-Forwarded-Proto/For from --forwarded-allow-ips, as uvicorn does (default: on)",
-    )
-    parser.add_argument(
-        "--forwarded-allow-ips", metavar="IPS", help="who may set proxy headers (uvicorn's default: 127.0.0.1)"
-    )
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    parser.add_argument(
-        "--dev",
-        action="store_true",
-        help="local use only: run against an embedded Access issuer, print client commands",
-    )
-    parser.add_argument(
-        "--dev-state",
-        metavar="PATH",
-        default=DEFAULT_DEV_STATE,
-        help="with --dev: where the dev issuer state (with its key) is kept for `token` (default: %(default)s)",
-    )
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected 1 or more")
-    return number
 
 
 # -- building the guarded app ---------------------------------------------------------------------------------------
@@ -130,71 +81,56 @@ def import_app(spec: str, app_dir: str) -> ASGIApp:
     return cast(ASGIApp, target)
 
 
-def load_config(config_path: str | None, environ: Mapping[str, str], *, dev_issuer: bool) -> GuardConfig:
-    """`GuardConfig.load`'s precedence (the file, then the environment for what it leaves out). With `dev_issuer`,
-    the team and audience are the embedded issuer's, which the serving process put in TEAM_DOMAIN/POLICY_AUD; the
-    other Access settings stay as configured."""
-    config = GuardConfig.load(config_path, environ)
-    if not dev_issuer:
-        return config
-    dev_access = AccessConfig.from_env(environ)
+def load_config(
+    config_path: str | None, environ: Mapping[str, str], *, dev_issuer: tuple[str, str] | None = None
+) -> GuardConfig:
+    """`GuardConfig.load`'s precedence (the file, then the environment for what it leaves out). `dev_issuer` (its
+    URL and audience) replaces the team and audience, wherever they came from; other Access settings stay."""
+    if dev_issuer is None:
+        return GuardConfig.load(config_path, environ)
+    url, audience = dev_issuer
+    environ = {name: value for name, value in environ.items() if name != "ACCESS_CERTS_URL"}
+    config = GuardConfig.load(config_path, {**environ, "TEAM_DOMAIN": url, "POLICY_AUD": audience})
+    dev_access = AccessConfig(url, audience)
     if config.access is not None:
         dev_access = dataclasses.replace(
-            config.access,
-            team_domain=dev_access.team_domain,
-            audiences=dev_access.audiences,
-            certs_url=dev_access.certs_url,
+            config.access, team_domain=url, audiences=dev_access.audiences, certs_url=dev_access.certs_url
         )
     return dataclasses.replace(config, access=dev_access)
 
 
-def build_guarded_app(environ: Mapping[str, str]) -> ASGIApp:
-    app = import_app(environ[APP_VARIABLE], environ.get(APP_DIR_VARIABLE, "."))
-    config = load_config(
-        environ.get(CONFIG_VARIABLE) or None, environ, dev_issuer=environ.get(DEV_ISSUER_VARIABLE) == "1"
-    )
-    return guard(app, config)
+def build_guarded_app(
+    spec: str, app_dir: str, config_path: str | None, environ: Mapping[str, str], dev_issuer: tuple[str, str] | None
+) -> tuple[ASGIApp, GuardConfig]:
+    app = import_app(spec, app_dir)
+    config = load_config(config_path, environ, dev_issuer=dev_issuer)
+    try:
+        return guard(app, config), config
+    except ValueError as exc:  # a layer refused a setting (a weak secret, a reserved header name)
+        raise ServeError(f"the configuration cannot be served: {exc}") from None
 
 
 def app_from_environment() -> ASGIApp:
     """The uvicorn factory each worker calls (`--workers N`): the same guarded app, built in the worker."""
-    return build_guarded_app(os.environ)
+    environ = os.environ
+    issuer = environ.get(DEV_ISSUER_VARIABLE)
+    dev_issuer = (issuer, environ[DEV_AUDIENCE_VARIABLE]) if issuer else None
+    app, _ = build_guarded_app(
+        environ[APP_VARIABLE], environ[APP_DIR_VARIABLE], environ.get(CONFIG_VARIABLE) or None, environ, dev_issuer
+    )
+    return app
 
 
 # -- running it -----------------------------------------------------------------------------------------------------
 
 
-def run_serve(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
-    issuer: LocalAccess | None = None
-    state_path: Path | None = None
+def run_serve(args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler it found: make that an exit
     # that still runs the clean-up below (the default handler would end the process with the dev state left behind).
     previous_sigterm = signal.signal(signal.SIGTERM, _exit_quietly)
     try:
-        if args.dev:
-            issuer = LocalAccess().start()
-            # The served app (and every worker) reads its Access settings from here, as a real deployment does.
-            os.environ.update(TEAM_DOMAIN=issuer.url, POLICY_AUD=issuer.audience)
-            os.environ.pop("ACCESS_CERTS_URL", None)
-        os.environ.update(
-            {
-                APP_VARIABLE: args.app,
-                APP_DIR_VARIABLE: os.getcwd(),
-                CONFIG_VARIABLE: args.config or "",  # workers share this working directory
-                DEV_ISSUER_VARIABLE: "1" if args.dev else "",
-            }
-        )
-        # Built here even with several workers: a bad app or configuration fails now, in one line.
-        app = build_guarded_app(os.environ)
-        if issuer is not None:
-            state_path = Path(args.dev_state)
-            try:
-                issuer.save(state_path)
-            except OSError as exc:
-                raise ServeError(f"cannot write the dev state file {args.dev_state}: {exc.strerror}") from None
-            echo(dev_instructions(issuer, args, state_path))
-            sys.stdout.flush()
-        _run_uvicorn(app, args)
+        with ExitStack() as cleanup:
+            _serve(args, cleanup)
     except (ServeError, ConfigError) as exc:
         print(f"mcp-access-guard serve: error: {exc}", file=sys.stderr)
         return 2
@@ -202,116 +138,87 @@ def run_serve(args: argparse.Namespace, echo: Callable[[str], None] = print) -> 
         pass  # uvicorn has shut down cleanly and re-raised the Ctrl-C it caught
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-        if state_path is not None:
-            state_path.unlink(missing_ok=True)
-        if issuer is not None:
-            issuer.stop()
     return 0
+
+
+def _serve(args: argparse.Namespace, cleanup: ExitStack) -> None:
+    issuer: LocalAccess | None = None
+    dev_issuer = None
+    if args.dev:
+        _refuse_off_loopback(args, "--dev (an issuer whose key is in a local file)")
+        from .dev import running_issuer
+
+        issuer = cleanup.enter_context(running_issuer())
+        dev_issuer = (issuer.url, issuer.audience)
+        # The served app may read its Access settings from the environment itself, as a real deployment does.
+        os.environ.update(TEAM_DOMAIN=issuer.url, POLICY_AUD=issuer.audience)
+        os.environ.pop("ACCESS_CERTS_URL", None)
+    # Built here even with several workers: a bad app or configuration fails now, in one line.
+    app, config = build_guarded_app(args.app, os.getcwd(), args.config, os.environ, dev_issuer)
+    if config.access is None and config.oauth is None:
+        _refuse_off_loopback(args, "open mode (no Access verification)")
+        print(OPEN_MODE_BANNER.format(url=_url(args)), file=sys.stderr, flush=True)
+    if args.workers > 1:
+        os.environ.update(
+            {
+                APP_VARIABLE: args.app,
+                APP_DIR_VARIABLE: os.getcwd(),
+                CONFIG_VARIABLE: args.config or "",  # workers share this working directory
+                DEV_ISSUER_VARIABLE: dev_issuer[0] if dev_issuer else "",
+                DEV_AUDIENCE_VARIABLE: dev_issuer[1] if dev_issuer else "",
+            }
+        )
+    if issuer is not None:
+        from .dev import instructions, state_file
+
+        state_path = Path(args.dev_state)
+        try:
+            cleanup.enter_context(state_file(issuer, state_path))
+        except OSError as exc:
+            raise ServeError(f"cannot write the dev state file {args.dev_state}: {exc.strerror or exc}") from None
+        print(instructions(issuer, args, state_path), flush=True)
+    if "FORWARDED_ALLOW_IPS" in os.environ:
+        print(
+            "mcp-access-guard serve: FORWARDED_ALLOW_IPS is not read; proxy headers are trusted from "
+            f"--forwarded-allow-ips {args.forwarded_allow_ips}",
+            file=sys.stderr,
+            flush=True,
+        )
+    _run_uvicorn(app, args)
+
+
+def _refuse_off_loopback(args: argparse.Namespace, what: str) -> None:
+    if not is_loopback(args.host) and not args.allow_dev_on_network:
+        raise ServeError(
+            f"refusing {what} on --host {args.host or repr('')}, which other machines can reach; use a loopback "
+            f"host (127.0.0.1), or add --allow-dev-on-network if that is really meant"
+        )
+
+
+def _url(args: argparse.Namespace) -> str:
+    host = f"[{args.host}]" if ":" in args.host else args.host or "0.0.0.0"  # noqa: S104 (shown, not bound)
+    return f"http://{host}:{args.port}"
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _run_uvicorn(app: ASGIApp, args: argparse.Namespace) -> None:
-    options: dict[str, Any] = {
+def uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What uvicorn is told; `forwarded_allow_ips` always explicit, so its environment variable is never read."""
+    return {
         "host": args.host,
         "port": args.port,
         "proxy_headers": args.proxy_headers,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
         "log_level": args.log_level,
         "lifespan": "on",
     }
-    if args.forwarded_allow_ips:
-        options["forwarded_allow_ips"] = args.forwarded_allow_ips
+
+
+def _run_uvicorn(app: ASGIApp, args: argparse.Namespace) -> None:
+    options = uvicorn_options(args)
     if args.workers > 1:
         uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=args.workers, **options)
     else:
         uvicorn.run(app, **options)
-
-
-# -- what --dev prints ------------------------------------------------------------------------------------------------
-
-
-def dev_instructions(issuer: LocalAccess, args: argparse.Namespace, state_path: Path) -> str:
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104 (a wildcard is not a URL)
-    url = f"http://{f'[{host}]' if ':' in host else host}:{args.port}/mcp"
-    user = issuer.user_token(DEV_USER, expires_in=DEV_TOKEN_SECONDS)
-    robot = issuer.service_token(DEV_SERVICE_TOKEN, expires_in=DEV_TOKEN_SECONDS)
-    lines = [
-        "!" * 100,
-        "!! DEV MODE, FOR LOCAL USE ONLY: a throwaway Access issuer runs in this process, and its private key is in",
-        f"!! {state_path} until it stops. Anyone holding that file can mint tokens this server accepts.",
-        "!" * 100,
-        "",
-        f"Serving {args.app} at {url} behind the full guard stack ({args.workers} worker(s)).",
-        f"Dev Access issuer {issuer.url}, audience {issuer.audience}.",
-        f"The tokens below are for {DEV_USER} and the service token {DEV_SERVICE_TOKEN}, valid for 1 hour.",
-        f"Mint more: mcp-access-guard token --email bob@example.com --dev-state {shlex.quote(str(state_path))}",
-        "",
-        "curl (lists the tools in one request, no session):",
-        f"  {curl_command(url, user)}",
-        "",
-        "MCP Inspector CLI (2.x; needs Node 22.19 or later):",
-        f"  {inspector_command(url, user)}",
-        "",
-        "Claude Desktop, Cursor and other stdio clients (an mcpServers entry, through mcp-remote):",
-        *(f"  {line}" for line in mcp_remote_entry(url, user).splitlines()),
-        "",
-        "A service token's token, to use in place of the user's in any of the above:",
-        f"  {robot}",
-        "",
-        "Press Ctrl-C to stop.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def tools_list_request() -> dict[str, object]:
-    meta = {
-        "io.modelcontextprotocol/protocolVersion": MODERN_PROTOCOL,
-        "io.modelcontextprotocol/clientCapabilities": {},
-    }
-    return {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}
-
-
-def curl_command(url: str, token: str) -> str:
-    words = ["curl", "-sS", url]
-    for header in (
-        f"Cf-Access-Jwt-Assertion: {token}",
-        "Content-Type: application/json",
-        "Accept: application/json, text/event-stream",
-        f"MCP-Protocol-Version: {MODERN_PROTOCOL}",
-        "Mcp-Method: tools/list",
-    ):
-        words += ["-H", header]
-    words += ["--data", json.dumps(tools_list_request(), separators=(",", ":"))]
-    return shlex.join(words)
-
-
-def inspector_command(url: str, token: str) -> str:
-    return shlex.join(
-        [
-            "npx",
-            "-y",
-            INSPECTOR_PACKAGE,
-            "--cli",
-            url,
-            "--transport",
-            "http",
-            "--header",
-            f"Cf-Access-Jwt-Assertion: {token}",
-            "--method",
-            "tools/list",
-        ]
-    )
-
-
-def mcp_remote_entry(url: str, token: str) -> str:
-    # mcp-remote's documented form: the header value through an env variable, with no space after the colon (some
-    # clients split arguments on spaces).
-    entry = {
-        "command": "npx",
-        "args": ["-y", "mcp-remote", url, "--header", "Cf-Access-Jwt-Assertion:${CF_ACCESS_TOKEN}"],
-        "env": {"CF_ACCESS_TOKEN": token},
-    }
-    return json.dumps({"mcpServers": {"mcp-access-guard-dev": entry}}, indent=2)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .config import ConfigError
 from .middleware.access import AccessJWTMiddleware
 from .middleware.cors import CORSAllowlistMiddleware
 from .middleware.paths import HEALTH_PATH, PathAllowlistMiddleware
-from .middleware.service_token import ServiceTokenMiddleware
+from .middleware.service_token import CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, ServiceTokenMiddleware
 from .middleware.tools import ToolPolicyMiddleware
 from .settings import GuardConfig
 
@@ -17,10 +18,14 @@ logger = logging.getLogger("mcp_access_guard")
 
 
 def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
-    """Wrap `app` so a request passes paths -> CORS -> shared secret -> Access JWT -> tool policy -> app.
+    """Wrap `app` so a request passes paths -> CORS -> shared secret -> Access JWT -> tool policy -> app. With no
+    shared secret configured, that layer's place only takes the service-token headers off.
 
     Built from the inside out: the last layer wrapped is the first a request meets.
     """
+    if config.oauth is not None:
+        # Fail closed: a mode this stack cannot serve must not be served with no credential check at all.
+        raise ConfigError("OAuth mode (GuardConfig(oauth=...)) is not served by guard() in this version")
     if config.tools is not None:
         app = ToolPolicyMiddleware(app, config.tools, max_body_bytes=config.max_body_bytes)
     if config.access is not None:
@@ -38,6 +43,8 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
         app = ServiceTokenMiddleware(
             app, header=secret.header, secrets=secret.secrets, client_credentials=secret.client_credentials
         )
+    else:
+        app = DropServiceTokenHeaders(app)
     if config.cors is not None:
         cors = config.cors
         app = CORSAllowlistMiddleware(
@@ -53,3 +60,23 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
         health = config.paths.health and HEALTH_PATH in config.paths.allow
         app = PathAllowlistMiddleware(app, allow=config.paths.allow, health=health)
     return app
+
+
+_SERVICE_TOKEN_HEADERS = frozenset({CLIENT_ID_HEADER.encode(), CLIENT_SECRET_HEADER.encode()})
+
+
+class DropServiceTokenHeaders:
+    """With the service-token layer off, `CF-Access-Client-Id` and `-Secret` still never reach the app, as with it
+    on: a credential that nothing here checks is not the app's to read, log or pass on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = scope["headers"]
+            # ASGI names are lower-case bytes; one that is not still must not slip through.
+            if any(name.lower() in _SERVICE_TOKEN_HEADERS for name, _ in headers):
+                kept = [(name, value) for name, value in headers if name.lower() not in _SERVICE_TOKEN_HEADERS]
+                scope = {**scope, "headers": kept}
+        await self.app(scope, receive, send)

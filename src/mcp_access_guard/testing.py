@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import errno
 import gzip
 import hashlib
 import hmac
@@ -19,6 +20,7 @@ import json
 import os
 import secrets
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -280,23 +282,27 @@ class LocalAccess(_LoopbackService):
             raise ValueError(f"dev issuer state has no {missing}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write `state()` to `path`, readable by its owner only (mode 0600), replacing it atomically."""
+        """Write `state()` to `path`, readable by its owner only (mode 0600), replacing it atomically: through a
+        temporary file with an unpredictable name, created exclusively, never through a symbolic link."""
         target = Path(path)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if target.is_symlink():
+            raise OSError(errno.ELOOP, "it is a symbolic link; refusing to write through it", str(target))
+        descriptor, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
-            os.fchmod(descriptor, 0o600)  # a leftover partial file may have had wider permissions
             with os.fdopen(descriptor, "w", encoding="utf-8") as file:
                 json.dump(self.state(), file, indent=2)
             os.replace(partial, target)
         except BaseException:
-            partial.unlink(missing_ok=True)
+            Path(partial).unlink(missing_ok=True)
             raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LocalAccess:
-        """Read what `save()` wrote. Raises OSError when unreadable, ValueError when not valid state."""
-        with open(path, encoding="utf-8") as file:
+        """Read what `save()` wrote, never through a symbolic link. Raises OSError when unreadable, ValueError when
+        not valid state."""
+        if Path(path).is_symlink():
+            raise OSError(errno.ELOOP, "it is a symbolic link; refusing to follow it", str(path))
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as file:
             try:
                 state = json.load(file)
             except json.JSONDecodeError as exc:

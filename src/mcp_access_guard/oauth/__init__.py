@@ -1,6 +1,7 @@
 """OAuth mode: this server as the OAuth 2.1 authorization server for MCP clients, with a Cloudflare Access for SaaS
 application as the login behind it (DESIGN.md, "OAuth mode")."""
 
+from .cimd import ClientMetadataFetcher
 from .config import AccessSaaSConfig, OAuthConfig
 from .crypto import DecryptionError, ValueCipher
 from .errors import (
@@ -13,7 +14,9 @@ from .errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
+from .grants import BearerGrant, InvalidBearer
 from .id_token import IdTokenVerifier, id_token_problems
+from .server import OAuthServer
 from .store import (
     DEFAULT_STORE_URL,
     MemoryStore,
@@ -30,13 +33,17 @@ __all__ = [
     "AccessOIDC",
     "AccessSaaSConfig",
     "AuthorizationRequest",
+    "BearerGrant",
+    "ClientMetadataFetcher",
     "DecryptionError",
     "Discovery",
     "IdTokenReason",
     "IdTokenRejected",
     "IdTokenVerifier",
+    "InvalidBearer",
     "MemoryStore",
     "OAuthConfig",
+    "OAuthServer",
     "OAuthStore",
     "SQLiteStore",
     "StoreUnavailable",

@@ -34,6 +34,31 @@ CONSENT_MODES = ("always", "once")
 CLOUDFLARE_OIDC_PATH = "/cdn-cgi/access/sso/oidc/"
 MAX_ACCESS_TOKEN_TTL = 86_400
 MAX_REFRESH_TOKEN_TTL = 365 * 86_400
+# Dynamic registration: how many one address may make per hour, how many all addresses together may make per day,
+# and how long a registration that never obtained a token is kept.
+DEFAULT_REGISTRATION_RATE = 20
+DEFAULT_REGISTRATION_CAP = 1000
+DEFAULT_REGISTRATION_TTL = 86_400
+# Schemes a browser handles itself, or that run code: never a client's private-use redirect scheme.
+BROWSER_SCHEMES = frozenset(
+    {
+        "about",
+        "blob",
+        "chrome",
+        "data",
+        "file",
+        "filesystem",
+        "ftp",
+        "http",
+        "https",
+        "javascript",
+        "mailto",
+        "vbscript",
+        "view-source",
+        "ws",
+        "wss",
+    }
+)
 
 UPSTREAM_ENVIRONMENT = {
     "client_id": "ACCESS_CLIENT_ID",
@@ -56,6 +81,11 @@ _OAUTH_TABLE_ONLY = (
     "consent",
     "dynamic_registration",
     "allow",
+    "redirect_hosts",
+    "client_metadata_documents",
+    "registration_rate",
+    "registration_cap",
+    "registration_ttl",
 )
 _RULE_FIELDS = ("emails", "email_domains", "service_tokens", "groups")
 
@@ -65,6 +95,7 @@ _HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,255}")
 _RESOURCE_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")
+_PRIVATE_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 
 
 def _names(names: Mapping[str, str] | None, key: str) -> str:
@@ -370,6 +401,46 @@ def _rule(value: Any, setting: str) -> Rule:
     return Rule(**value)
 
 
+def _redirect_hosts(value: Any, setting: str) -> tuple[str, ...]:
+    """Where clients may have the browser sent back: host names (`claude.ai`), every subdomain of one
+    (`*.example.com`), loopback hosts (`localhost`, `127.0.0.1`, `[::1]`) or a private-use scheme (`cursor:`)."""
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigError(f"{setting} must be a list of hosts or schemes (e.g. ['claude.ai', 'cursor:'])")
+    entries = [_redirect_host(item, setting) for item in value]
+    if not entries:
+        raise ConfigError(f"{setting} is empty: leave it out to allow every redirect host, or list some")
+    return tuple(dict.fromkeys(entries))
+
+
+def _redirect_host(item: Any, setting: str) -> str:
+    entry = _text(item, setting).lower().rstrip(".")
+    expected = "expected a host name, '*.' and a domain, an IP address ('[::1]' for IPv6) or a scheme ('cursor:')"
+    if entry.endswith(":"):
+        scheme = entry[:-1]
+        if not _PRIVATE_SCHEME.fullmatch(scheme) or scheme in BROWSER_SCHEMES:
+            raise ConfigError(f"{setting} holds {entry!r}: {expected}; http and https are given as hosts")
+        return entry
+    if entry.startswith("[") and entry.endswith("]"):
+        try:
+            ipaddress.IPv6Address(entry[1:-1])
+        except ValueError:
+            raise ConfigError(f"{setting} holds {entry!r}: {expected}") from None
+        return entry
+    host = entry.removeprefix("*.")
+    wildcard = host != entry
+    if ":" in host or not _is_host(host) or (wildcard and (host.count(".") < 1 or _is_ip(host))):
+        raise ConfigError(f"{setting} holds {entry!r}: {expected}")
+    return entry
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class OAuthConfig:
     """OAuth mode: this server is the OAuth 2.1 authorization server for MCP clients, and logs users in through
@@ -389,6 +460,13 @@ class OAuthConfig:
     consent: Literal["always", "once"]
     dynamic_registration: bool
     allow: Rule | None
+    # None: any redirect URI that passes the rules; else each must be on one of these hosts (or schemes).
+    redirect_hosts: tuple[str, ...] | None
+    # Client ID metadata documents: a client_id that is an https URL, fetched (off by default).
+    client_metadata_documents: bool
+    registration_rate: int
+    registration_cap: int
+    registration_ttl: int
 
     def __init__(
         self,
@@ -403,6 +481,11 @@ class OAuthConfig:
         consent: Literal["always", "once"] = "always",
         dynamic_registration: bool = True,
         allow: Rule | None = None,
+        redirect_hosts: Iterable[str] | None = None,
+        client_metadata_documents: bool = False,
+        registration_rate: int = DEFAULT_REGISTRATION_RATE,
+        registration_cap: int = DEFAULT_REGISTRATION_CAP,
+        registration_ttl: int = DEFAULT_REGISTRATION_TTL,
         names: Mapping[str, str] | None = None,
     ) -> None:
         """`names` says what to call each setting in an error message (`from_env` passes the variable names)."""
@@ -412,6 +495,8 @@ class OAuthConfig:
             raise ConfigError(f"{_names(names, 'consent')}={consent!r}: expected one of {', '.join(CONSENT_MODES)}")
         if not isinstance(dynamic_registration, bool):
             raise ConfigError(f"{_names(names, 'dynamic_registration')} must be true or false")
+        if not isinstance(client_metadata_documents, bool):
+            raise ConfigError(f"{_names(names, 'client_metadata_documents')} must be true or false")
 
         object.__setattr__(self, "public_url", _public_url(public_url, _names(names, "public_url")))
         object.__setattr__(self, "upstream", upstream)
@@ -433,13 +518,33 @@ class OAuthConfig:
         object.__setattr__(self, "consent", consent)
         object.__setattr__(self, "dynamic_registration", dynamic_registration)
         object.__setattr__(self, "allow", None if allow is None else _rule(allow, _names(names, "allow")))
+        object.__setattr__(
+            self,
+            "redirect_hosts",
+            None if redirect_hosts is None else _redirect_hosts(redirect_hosts, _names(names, "redirect_hosts")),
+        )
+        object.__setattr__(self, "client_metadata_documents", client_metadata_documents)
+        object.__setattr__(
+            self, "registration_rate", check_whole(_names(names, "registration_rate"), registration_rate, 1, 10_000)
+        )
+        object.__setattr__(
+            self, "registration_cap", check_whole(_names(names, "registration_cap"), registration_cap, 1, 1_000_000)
+        )
+        object.__setattr__(
+            self,
+            "registration_ttl",
+            check_whole(_names(names, "registration_ttl"), registration_ttl, 60, MAX_REFRESH_TOKEN_TTL),
+        )
 
     def __repr__(self) -> str:
         return (
             f"OAuthConfig(public_url={self.public_url!r}, upstream={self.upstream!r}, "
             f"store={_without_credentials(self.store)!r}, resource_path={self.resource_path!r}, "
             f"access_token_ttl={self.access_token_ttl}, refresh_token_ttl={self.refresh_token_ttl}, "
-            f"consent={self.consent!r}, dynamic_registration={self.dynamic_registration}, allow={self.allow!r})"
+            f"consent={self.consent!r}, dynamic_registration={self.dynamic_registration}, allow={self.allow!r}, "
+            f"redirect_hosts={self.redirect_hosts!r}, client_metadata_documents={self.client_metadata_documents}, "
+            f"registration_rate={self.registration_rate}, registration_cap={self.registration_cap}, "
+            f"registration_ttl={self.registration_ttl})"
         )
 
     @property

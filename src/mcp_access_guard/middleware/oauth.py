@@ -1,0 +1,196 @@
+"""OAuth mode's two layers: the authorization server's endpoints in front of the app, and the bearer check that
+turns `Authorization: Bearer` into the same identity the Access JWT layer gives."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from cachetools import TTLCache
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..audit import log_decision
+from ..config import ConfigError
+from ..identity import bind_identity
+from ..oauth.errors import UpstreamUnavailable
+from ..oauth.grants import REVOCATION_MEMORY, BearerGrant, InvalidBearer
+from ..oauth.records import access_token_key
+from ..oauth.server import OAuthServer
+from ..oauth.store import StoreUnavailable
+from ..policy import Rule
+
+logger = logging.getLogger("mcp_access_guard")
+
+_LAYER = "oauth_bearer"
+# A revocation in another process is seen here when the cached lookup expires; this process's own revocations are
+# seen at once, for as long as the server remembers them: no cached lookup may outlive that.
+MAX_CACHE_TTL = REVOCATION_MEMORY
+_AUTHORIZATION = b"authorization"
+_BODY = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
+_WEBSOCKET_CLOSE = {401: 1008, 403: 1008, 503: 1013}
+
+
+class OAuthEndpointsMiddleware:
+    """Requests for the authorization server's paths (`server.PATHS`) go to `server`; everything else to `app`.
+
+    On the ASGI lifespan it reads Access's discovery document once the app has started (a wrong issuer fails the
+    start-up; Access out of reach is logged and tried again at the first login) and closes the server at shutdown.
+    """
+
+    def __init__(self, app: ASGIApp, server: OAuthServer) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(send))
+            return
+        if scope["type"] in ("http", "websocket") and scope["path"] in self.server.PATHS:
+            await self.server(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                try:
+                    await self.server.start()
+                except UpstreamUnavailable:
+                    logger.warning(
+                        "Access for SaaS cannot be reached at start-up; the first login will try again",
+                        extra={"layer": _LAYER},
+                    )
+                except ConfigError as misconfigured:
+                    await send({"type": "lifespan.startup.failed", "message": str(misconfigured)})
+                    return
+            elif message["type"] == "lifespan.shutdown.complete":
+                await self.server.aclose()
+            await send(message)
+
+        return lifespan_send
+
+
+class _MalformedAuthorization(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OAuthBearerMiddleware:
+    """Lets a request through only with a valid access token of `server` in `Authorization: Bearer` (never a query
+    parameter or a cookie), for a caller the server's `allow` rule (and this layer's own `allow`, when given)
+    admits, re-checked on every request.
+
+    The identity is bound exactly as the Access JWT layer binds it (`current_identity()`, the mcp SDK's auth
+    context, `scope["state"]`), with `oauth_client_id` set; the Authorization header is removed before the app.
+    Token lookups are cached for `cache_ttl` seconds (at most `cache_size` tokens): that is how long a grant revoked
+    by another process stays usable here; one revoked by this process is dropped at once. `cache_ttl=0` turns the
+    cache off.
+
+    No token: 401 with `WWW-Authenticate: Bearer resource_metadata=...`. A bad, expired or revoked token: 401 with
+    `error="invalid_token"` (`invalid_request` for a malformed header). Refused by `allow`: 403. Store down: 503.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        server: OAuthServer,
+        *,
+        allow: Rule | None = None,
+        cache_ttl: float = 5.0,
+        cache_size: int = 10_000,
+    ) -> None:
+        if not 0 <= cache_ttl <= MAX_CACHE_TTL or cache_size < 1:
+            raise ConfigError(
+                f"OAuthBearerMiddleware: cache_ttl must be 0 to {MAX_CACHE_TTL:g} seconds, cache_size 1 or more"
+            )
+        self.app = app
+        self.server = server
+        self.rules = tuple(rule for rule in (server.config.allow, allow) if rule is not None)
+        self._cache: TTLCache[str, BearerGrant] | None = (
+            TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None
+        )
+        self._challenge = f'Bearer resource_metadata="{server.resource_metadata_url}"'
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            token = _bearer_token(scope)
+        except _MalformedAuthorization as malformed:
+            log_decision(scope, layer=_LAYER, decision="deny", reason=malformed.reason)
+            await self._refuse(401, scope, receive, send, error="invalid_request")
+            return
+        if token is None:
+            log_decision(scope, layer=_LAYER, decision="deny", reason="missing")
+            await self._refuse(401, scope, receive, send)
+            return
+        try:
+            grant = await self._grant(token)
+        except InvalidBearer as invalid:
+            log_decision(scope, layer=_LAYER, decision="deny", reason=invalid.reason)
+            await self._refuse(401, scope, receive, send, error="invalid_token")
+            return
+        except StoreUnavailable as failure:
+            logger.error("the OAuth store is unavailable: %s", failure, extra={"layer": _LAYER})
+            log_decision(scope, layer=_LAYER, decision="deny", reason="store_unavailable")
+            await self._refuse(503, scope, receive, send)
+            return
+        identity = grant.identity
+        if not all(rule.matches(identity) for rule in self.rules):
+            log_decision(scope, layer=_LAYER, decision="deny", reason="not_allowed", principal=identity.principal)
+            await self._refuse(403, scope, receive, send)
+            return
+        log_decision(scope, layer=_LAYER, decision="allow", reason="verified", principal=identity.principal)
+        # The bearer is ours: it never reaches the app, and so never tool code or a downstream call.
+        scope = {**scope, "headers": [header for header in scope["headers"] if header[0] != _AUTHORIZATION]}
+        with bind_identity(scope, identity):
+            await self.app(scope, receive, send)
+
+    async def _grant(self, token: str) -> BearerGrant:
+        cache = self._cache
+        if cache is None:
+            return await self.server.authenticate_bearer(token)
+        key = access_token_key(token)
+        grant = cache.get(key)
+        if grant is not None:
+            if grant.grant_id in self.server.grants.revoked:
+                cache.pop(key, None)
+                raise InvalidBearer("revoked")
+            if grant.expires_at <= time.time():
+                cache.pop(key, None)
+                raise InvalidBearer("expired")
+            return grant
+        grant = await self.server.authenticate_bearer(token)
+        cache[key] = grant
+        return grant
+
+    async def _refuse(self, status: int, scope: Scope, receive: Receive, send: Send, error: str | None = None) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": _WEBSOCKET_CLOSE[status]})
+            return
+        headers = {}
+        if status == 401:
+            headers["WWW-Authenticate"] = (
+                f'Bearer error="{error}", resource_metadata="{self.server.resource_metadata_url}"'
+                if error is not None
+                else self._challenge
+            )
+        await JSONResponse({"error": _BODY[status]}, status_code=status, headers=headers)(scope, receive, send)
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    values: list[bytes] = [value for name, value in scope["headers"] if name == _AUTHORIZATION]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _MalformedAuthorization("several_authorization_headers")
+    scheme, _, token = values[0].decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer":
+        raise _MalformedAuthorization("not_bearer")
+    token = token.strip(" ")
+    if not token or " " in token:
+        raise _MalformedAuthorization("malformed")
+    return token
