@@ -5,6 +5,7 @@ import secrets
 from collections.abc import Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from mcp_access_guard.jwks import JWKSCache, KeysUnavailable
@@ -100,7 +101,7 @@ async def test_random_kids_arriving_while_the_waiters_of_a_fetch_drain_do_not_fe
         async def keep_asking() -> None:
             while asking:
                 tasks.start_soon(ask_random)
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
 
         tasks.start_soon(keep_asking)
         await anyio.sleep(0.7)

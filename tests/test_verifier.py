@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from mcp_access_guard import AccessDenied, AccessVerifier
-from mcp_access_guard.verifier import RECENT_IDENTITIES
 from mcp_access_guard.testing import DROP, LocalAccess, SigningKey, b64url
+from mcp_access_guard.verifier import RECENT_IDENTITIES
 
 pytestmark = pytest.mark.anyio
 
