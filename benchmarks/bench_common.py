@@ -137,11 +137,13 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class Collection:
-    """One garbage collection: when it started (perf_counter seconds), how long it ran, which generation."""
+    """One garbage collection: when it started (perf_counter seconds), how long it ran, which generation, and the
+    CPU time it took (less than `seconds` when the machine took the CPU away in the middle of it)."""
 
     started: float
     seconds: float
     generation: int
+    cpu_seconds: float
 
     @property
     def ended(self) -> float:
@@ -154,14 +156,15 @@ class GCWatch:
 
     def __init__(self) -> None:
         self.collections: list[Collection] = []
-        self._started = 0.0
+        self._started = self._cpu_started = 0.0
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
         if phase == "start":
-            self._started = now
+            self._started, self._cpu_started = now, cpu
         else:
-            self.collections.append(Collection(self._started, now - self._started, info["generation"]))
+            started = self._started
+            self.collections.append(Collection(started, now - started, info["generation"], cpu - self._cpu_started))
 
     def __enter__(self) -> GCWatch:
         self.collections.clear()
