@@ -1,8 +1,8 @@
 """A guarded MCP server in OAuth mode for the tests, over real uvicorn, logging in through a real `LocalAccessSaaS`;
 and the client's side of the flow, step by step (registration, PKCE, the browser, the token endpoint).
 
-Until main's guard() takes `GuardConfig(oauth=...)`, the layers are composed here:
-`OAuthEndpointsMiddleware(OAuthBearerMiddleware(mcp_app, server), server)`.
+The two OAuth layers are composed here on their own (`OAuthEndpointsMiddleware(OAuthBearerMiddleware(mcp_app,
+server), server)`), so each test sees exactly them; `test_oauth_guard.py` runs the same flows through `guard()`.
 """
 
 from __future__ import annotations

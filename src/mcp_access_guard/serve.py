@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -104,10 +105,25 @@ def build_guarded_app(
 ) -> tuple[ASGIApp, GuardConfig]:
     app = import_app(spec, app_dir)
     config = load_config(config_path, environ, dev_issuer=dev_issuer)
+    # In every process that serves (the workers too): the access log never carries a query string, where OAuth mode
+    # has Access's code and state on /oauth/callback.
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(existing, WithoutQueryString) for existing in access_log.filters):
+        access_log.addFilter(WithoutQueryString())
     try:
         return guard(app, config), config
     except ValueError as exc:  # a layer refused a setting (a weak secret, a reserved header name)
         raise ServeError(f"the configuration cannot be served: {exc}") from None
+
+
+class WithoutQueryString(logging.Filter):
+    """Cuts the query string off the path in uvicorn's access-log lines (`client - "METHOD path HTTP/v" status`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].partition("?")[0], *args[3:])
+        return True
 
 
 def app_from_environment() -> ASGIApp:
@@ -155,6 +171,11 @@ def _serve(args: argparse.Namespace, cleanup: ExitStack) -> None:
         os.environ.pop("ACCESS_CERTS_URL", None)
     # Built here even with several workers: a bad app or configuration fails now, in one line.
     app, config = build_guarded_app(args.app, os.getcwd(), args.config, os.environ, dev_issuer)
+    if config.oauth is not None and args.workers > 1 and config.oauth.store.startswith("memory:"):
+        raise ServeError(
+            "the memory: OAuth store lives in one process: with --workers above 1, a code or token issued by one "
+            "worker is unknown to the others; use sqlite:/// (one host) or redis:// (several hosts)"
+        )
     if config.access is None and config.oauth is None:
         _refuse_off_loopback(args, "open mode (no Access verification)")
         print(OPEN_MODE_BANNER.format(url=_url(args)), file=sys.stderr, flush=True)

@@ -6,29 +6,36 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .config import ConfigError
 from .middleware.access import AccessJWTMiddleware
 from .middleware.cors import CORSAllowlistMiddleware
+from .middleware.oauth import OAuthBearerMiddleware, OAuthEndpointsMiddleware
 from .middleware.paths import HEALTH_PATH, PathAllowlistMiddleware
 from .middleware.service_token import CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, ServiceTokenMiddleware
 from .middleware.tools import ToolPolicyMiddleware
+from .oauth.server import OAuthServer
 from .settings import GuardConfig
 
 logger = logging.getLogger("mcp_access_guard")
 
 
 def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
-    """Wrap `app` so a request passes paths -> CORS -> shared secret -> Access JWT -> tool policy -> app. With no
-    shared secret configured, that layer's place only takes the service-token headers off.
+    """Wrap `app` so a request passes paths -> CORS -> shared secret -> Access JWT -> tool policy -> app, or in OAuth
+    mode paths -> CORS -> shared secret -> the authorization server's endpoints -> OAuth bearer -> tool policy -> app.
+    With no shared secret configured, that layer's place only takes the service-token headers off.
 
     Built from the inside out: the last layer wrapped is the first a request meets.
     """
-    if config.oauth is not None:
-        # Fail closed: a mode this stack cannot serve must not be served with no credential check at all.
-        raise ConfigError("OAuth mode (GuardConfig(oauth=...)) is not served by guard() in this version")
     if config.tools is not None:
         app = ToolPolicyMiddleware(app, config.tools, max_body_bytes=config.max_body_bytes)
-    if config.access is not None:
+    allowed_paths = config.paths.allow if config.paths is not None else ()
+    own_origins: tuple[str, ...] = ()
+    if config.oauth is not None:
+        server = OAuthServer(config.oauth)
+        app = OAuthEndpointsMiddleware(OAuthBearerMiddleware(app, server), server)
+        # The authorization server's own endpoints are served, and its consent form posts from its own origin.
+        allowed_paths = (*allowed_paths, *sorted(server.PATHS))
+        own_origins = (config.oauth.public_url,)
+    elif config.access is not None:
         app = AccessJWTMiddleware(
             app,
             config=config.access,
@@ -51,14 +58,14 @@ def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
             app,
             allow_origins=cors.allow_origins,
             allowed_hosts=cors.allowed_hosts,
-            extra_origins=cors.extra_origins,
+            extra_origins=(*cors.extra_origins, *own_origins),
             allow_credentials=cors.allow_credentials,
             trust_forwarded_host=cors.trust_forwarded_host,
         )
     if config.paths is not None:
         # Taking /health off the list takes it off the server, whatever `health` says.
         health = config.paths.health and HEALTH_PATH in config.paths.allow
-        app = PathAllowlistMiddleware(app, allow=config.paths.allow, health=health)
+        app = PathAllowlistMiddleware(app, allow=allowed_paths, health=health)
     return app
 
 

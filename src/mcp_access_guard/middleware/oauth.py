@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..audit import log_decision
 from ..config import ConfigError
-from ..identity import bind_identity
+from ..identity import SCOPE_STATE_KEY, AccessIdentity, bind_identity
 from ..oauth.errors import UpstreamUnavailable
 from ..oauth.grants import REVOCATION_MEMORY, BearerGrant, InvalidBearer
 from ..oauth.records import access_token_key
@@ -123,6 +123,11 @@ class OAuthBearerMiddleware:
             log_decision(scope, layer=_LAYER, decision="deny", reason=malformed.reason)
             await self._refuse(401, scope, receive, send, error="invalid_request")
             return
+        bound = scope.get("state", {}).get(SCOPE_STATE_KEY)
+        if token is None and bound is not None and bound.is_service_token:
+            # A direct CF-Access-Client-Id/Secret pair the service-token layer has checked: machines keep using it.
+            await self._admit(scope, receive, send, bound, "service_token_pair")
+            return
         if token is None:
             log_decision(scope, layer=_LAYER, decision="deny", reason="missing")
             await self._refuse(401, scope, receive, send)
@@ -138,14 +143,16 @@ class OAuthBearerMiddleware:
             log_decision(scope, layer=_LAYER, decision="deny", reason="store_unavailable")
             await self._refuse(503, scope, receive, send)
             return
-        identity = grant.identity
+        # The bearer is ours: it never reaches the app, and so never tool code or a downstream call.
+        scope = {**scope, "headers": [header for header in scope["headers"] if header[0] != _AUTHORIZATION]}
+        await self._admit(scope, receive, send, grant.identity, "verified")
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send, identity: AccessIdentity, reason: str) -> None:
         if not all(rule.matches(identity) for rule in self.rules):
             log_decision(scope, layer=_LAYER, decision="deny", reason="not_allowed", principal=identity.principal)
             await self._refuse(403, scope, receive, send)
             return
-        log_decision(scope, layer=_LAYER, decision="allow", reason="verified", principal=identity.principal)
-        # The bearer is ours: it never reaches the app, and so never tool code or a downstream call.
-        scope = {**scope, "headers": [header for header in scope["headers"] if header[0] != _AUTHORIZATION]}
+        log_decision(scope, layer=_LAYER, decision="allow", reason=reason, principal=identity.principal)
         with bind_identity(scope, identity):
             await self.app(scope, receive, send)
 
