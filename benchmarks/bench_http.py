@@ -52,6 +52,9 @@ METHODS = {
     "tools/list": ({}, None),
 }
 SERVERS = ("bare", "guarded")
+# The same two, each frozen once started (`gc.freeze()`, as `mcp-access-guard serve` does).
+FROZEN = {"bare": "bare-frozen", "guarded": "guarded-frozen"}
+FROZEN_CALLERS = (100,)
 TARGET_RATIO = 0.97
 
 
@@ -118,7 +121,11 @@ def serve(kind: str, port: int) -> None:
 
     for name in ("mcp_access_guard", "mcp", "uvicorn", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    app = reference_server.app if kind == "guarded" else reference_server.mcp.streamable_http_app()
+    app = reference_server.app if kind.startswith("guarded") else reference_server.mcp.streamable_http_app()
+    if kind.endswith("-frozen"):
+        from mcp_access_guard.serve import FreezeHeapAfterStartup
+
+        app = FreezeHeapAfterStartup(app)
     # The garbage collections this server makes, written to a file when the benchmark asks (SIGUSR1).
     watch = GCWatch().__enter__()
     stats_file = gc_stats_file(port)
@@ -195,7 +202,7 @@ class Server:
 
 
 @contextmanager
-def running_servers(issuer: LocalAccess) -> Iterator[dict[str, Server]]:
+def running_servers(issuer: LocalAccess, kinds: Sequence[str] = SERVERS) -> Iterator[dict[str, Server]]:
     env = {
         **os.environ,
         "TEAM_DOMAIN": issuer.url,
@@ -205,7 +212,7 @@ def running_servers(issuer: LocalAccess) -> Iterator[dict[str, Server]]:
     }
     servers: dict[str, Server] = {}
     try:
-        for kind in SERVERS:
+        for kind in kinds:
             port = free_port()
             command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
             # taskset execs the server, so the process (and its pid, for py-spy) is the server's own.
@@ -380,7 +387,7 @@ def collect_sync(quick: bool = False) -> list[Section]:
             for callers in plan.callers:
                 scripts[method, callers] = Path(scratch, f"{method.replace('/', '_')}-{callers}.lua")
                 scripts[method, callers].write_text(wrk_script(method, tokens[:callers]))
-        with running_servers(issuer) as servers:
+        with running_servers(issuer, (*SERVERS, *FROZEN.values())) as servers:
             for server in servers.values():
                 warm_up(server, tokens)
             generators = (["wrk"] if shutil.which("wrk") else []) + (["httpx"] if plan.httpx_rounds else [])
@@ -389,6 +396,12 @@ def collect_sync(quick: bool = False) -> list[Section]:
             for generator in generators:
                 rounds = plan.rounds if generator == "wrk" else max(plan.httpx_rounds, 1)
                 measure(section, generator, servers, plan, rounds, scripts, tokens_file)
+            if "wrk" in generators:
+                frozen = {kind: servers[FROZEN[kind]] for kind in SERVERS}
+                frozen_plan = replace(plan, callers=FROZEN_CALLERS)
+                measure(
+                    section, "wrk", frozen, frozen_plan, plan.rounds, scripts, tokens_file, label="wrk, both frozen"
+                )
             if plan.profile_seconds and "wrk" in generators:
                 for method, callers in PROFILED:
                     profile(section, servers["guarded"], method, callers, scripts[method, callers], plan, scratch)
@@ -402,7 +415,8 @@ def collect_sync(quick: bool = False) -> list[Section]:
     section.notes.append(
         f"{plan.rounds} wrk rounds of {plan.seconds:g} s per cell (bare and guarded alternating within each round, "
         f"the order flipped every round); {pinning}; wrk runs one thread with one connection per caller; p50/p99 "
-        "from wrk's latency distribution."
+        "from wrk's latency distribution. 'wrk, both frozen': the same two servers, each with its heap frozen once "
+        "started (`gc.freeze()`), as `mcp-access-guard serve` runs an app."
     )
     memory.notes.append(
         f"Peak RSS (VmHWM) of a fresh server process after one {DEFAULT_MAX_BODY_BYTES} byte tools/call "
@@ -432,6 +446,8 @@ def measure(
     rounds: int,
     scripts: dict[tuple[str, int], Path],
     tokens_file: Path,
+    *,
+    label: str | None = None,
 ) -> None:
     results: dict[tuple[str, int, str], list[Load]] = {}
     for round_number in range(rounds):
@@ -452,7 +468,7 @@ def measure(
                     results.setdefault((method, callers, kind), []).append(load)
     for method in METHODS:
         for callers in plan.callers:
-            prefix = f"{generator}: {method}, {callers} caller{'s' if callers > 1 else ''}"
+            prefix = f"{label or generator}: {method}, {callers} caller{'s' if callers > 1 else ''}"
             bare, guarded = results[method, callers, "bare"], results[method, callers, "guarded"]
             # The throughput as wrk saw it; then with the machine's noise taken out (requests per second of the
             # server's own CPU), and with the server's own garbage collections taken out too: a full collection
@@ -653,7 +669,7 @@ async def collect(quick: bool = False) -> list[Section]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter loads, one round, for a smoke run")
-    parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=(*SERVERS, *FROZEN.values()), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
