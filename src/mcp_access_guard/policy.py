@@ -183,6 +183,26 @@ class ToolPolicy:
         rules = self._rules_for(family)
         return rules is not None and (bool(rules) or self.default == "deny")
 
+    def hides_nothing_from(self, family: Family, identity: AccessIdentity | None) -> bool:
+        """Whether `decide` allows `identity` every name (or URI) of `family`: its listings have nothing to hide."""
+        rules = self._rules_for(family)
+        return rules is None or (self.default == "allow" and all(rule.matches(identity) for rule in rules.values()))
+
+    def shows(self, family: Family, identity: AccessIdentity | None) -> Callable[[str], bool]:
+        """`decide`'s answer for `identity` without its reason, for the many names of one listing."""
+        rules = self._rules_for(family)
+        if rules is None:
+            return lambda name: True
+        if family == "resource":
+            return lambda uri: self._decide_uri(rules, uri, identity)[0]
+        allowed_by_default = self.default == "allow"
+
+        def shows(name: str) -> bool:
+            rule = rules.get(name)
+            return allowed_by_default if rule is None else rule.matches(identity)
+
+        return shows
+
     def decide(self, family: Family, name: str, identity: AccessIdentity | None) -> tuple[bool, str]:
         """(allowed, machine-readable reason). A resource URI is judged by every rule whose URI or URI template could
         match it (see `UriPattern`); it is allowed only if each of them matches the caller."""

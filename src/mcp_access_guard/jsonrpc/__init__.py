@@ -24,6 +24,7 @@ from .bodies import (
 )
 from .ids import GUARD_ID_PREFIX, MARKER, GuardId, caller_id_text, guard_ids_in, restore
 from .responses import (
+    ListingShapes,
     Replacement,
     Rewrite,
     SSERewriter,
@@ -43,6 +44,7 @@ __all__ = [
     "ClientGone",
     "Edit",
     "GuardId",
+    "ListingShapes",
     "RejectedRequest",
     "Replacement",
     "Rewrite",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from cachetools import LRUCache
 
 from ._scanner import DECODER, member_starts, scan_value, skip_whitespace
 
@@ -19,15 +22,19 @@ def same_json_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def listing_filter(request_id: Any, list_key: str, keep: Callable[[Any], bool]) -> Rewrite:
-    """A rewrite that drops the entries of `result[list_key]` that `keep` refuses, in the response to `request_id`.
+def listing_filter(
+    request_id: Any, list_key: str, name_key: str, shows: Callable[[str], bool], shapes: ListingShapes | None = None
+) -> Rewrite:
+    """A rewrite that drops the entries of `result[list_key]` whose `name_key` `shows` refuses, in the response to
+    `request_id`; an entry that is not an object with a string there is dropped too (nothing vouches for it).
 
-    Only the dropped entries' bytes go; everything else (cursors, `_meta`, the server's own escaping) stays.
+    Only the dropped entries' bytes go; everything else (cursors, `_meta`, the server's own escaping) stays. With
+    `shapes`, a listing answered the same way before is not decoded again.
     """
 
     def rewrite(text: str) -> str | None:
         try:
-            return _filtered_listing(text, request_id, list_key, keep)
+            return _filtered_listing(text, request_id, list_key, name_key, shows, shapes)
         except (ValueError, IndexError, StopIteration):
             # Not the JSON-RPC response we are waiting for (a comment, a ping, another message shape).
             return None
@@ -35,7 +42,14 @@ def listing_filter(request_id: Any, list_key: str, keep: Callable[[Any], bool]) 
     return rewrite
 
 
-def _filtered_listing(text: str, request_id: Any, list_key: str, keep: Callable[[Any], bool]) -> str | None:
+def _filtered_listing(
+    text: str,
+    request_id: Any,
+    list_key: str,
+    name_key: str,
+    shows: Callable[[str], bool],
+    shapes: ListingShapes | None,
+) -> str | None:
     top = skip_whitespace(text, 0)
     if not text.startswith("{", top):
         return None
@@ -47,25 +61,61 @@ def _filtered_listing(text: str, request_id: Any, list_key: str, keep: Callable[
     start = member_starts(text, result_start, (list_key,))[0]
     if start is None or text[start] != "[":
         return None
-    # Each entry is decoded once, by the C scanner, to be judged; the loop around it is the per-entry overhead, so
-    # whitespace (rare: servers answer compactly) is tested for before the regex is called to skip it.
-    kept: list[str] = []
-    dropped = False
-    index = skip_whitespace(text, start + 1)
-    while text[index] != "]":
-        entry, end = scan_value(text, index)
-        if keep(entry):
-            kept.append(text[index:end])
-        else:
-            dropped = True
-        index = skip_whitespace(text, end) if text[end] in " \t\n\r" else end
-        if text[index] == ",":
-            index += 1
-            if text[index] in " \t\n\r":
-                index = skip_whitespace(text, index)
-    if not dropped:
+    tail = text[start:]
+    shape = _shape(tail, name_key) if shapes is None else shapes.shape(tail, name_key)
+    kept = [tail[begin:end] for begin, end, name in shape.entries if name is not None and shows(name)]
+    if len(kept) == len(shape.entries):
         return None
-    return text[:start] + "[" + ",".join(kept) + "]" + text[index + 1 :]
+    return text[:start] + "[" + ",".join(kept) + tail[shape.close :]
+
+
+@dataclass(frozen=True, slots=True)
+class ListingShape:
+    """Where the entries of a listing are in its text (from the list's `[` on), what each is named (None when it is
+    not an object with a string name), and where the `]` that closes the list is."""
+
+    entries: tuple[tuple[int, int, str | None], ...]
+    close: int
+
+
+def _shape(tail: str, name_key: str) -> ListingShape:
+    # Each entry is decoded once, by the C scanner, to be named; the loop around it is the per-entry overhead, so
+    # whitespace (rare: servers answer compactly) is tested for before the regex is called to skip it.
+    entries = []
+    index = skip_whitespace(tail, 1)
+    while tail[index] != "]":
+        entry, end = scan_value(tail, index)
+        name = entry.get(name_key) if isinstance(entry, dict) else None
+        entries.append((index, end, name if isinstance(name, str) else None))
+        index = skip_whitespace(tail, end) if tail[end] in " \t\n\r" else end
+        if tail[index] == ",":
+            index += 1
+            if tail[index] in " \t\n\r":
+                index = skip_whitespace(tail, index)
+    return ListingShape(tuple(entries), index)
+
+
+class ListingShapes:
+    """The shapes of the listings answered lately, by their text from the list on. A server answers an unchanged
+    listing with the same text every time, so its entries are decoded once, not once per caller: judging a listing
+    then costs a lookup and a test per name. Bounded by the text kept, `max_chars` characters in all."""
+
+    def __init__(self, max_chars: int = 4 * 2**20) -> None:
+        self._max_chars = max_chars
+        # By name key too: the same text read for another key names other things.
+        self._shapes: LRUCache[tuple[str, str], tuple[ListingShape, int]] = LRUCache(
+            maxsize=max_chars, getsizeof=lambda kept: kept[1]
+        )
+
+    def shape(self, tail: str, name_key: str) -> ListingShape:
+        key = (name_key, tail)
+        known = self._shapes.get(key)
+        if known is not None:
+            return known[0]
+        shape = _shape(tail, name_key)
+        if len(tail) <= self._max_chars:
+            self._shapes[key] = (shape, len(tail))
+        return shape
 
 
 def rewrite_json_body(body: bytes, rewrite: Rewrite) -> bytes:

@@ -59,6 +59,7 @@ from ..jsonrpc import (
     ClientGone,
     Edit,
     GuardId,
+    ListingShapes,
     RejectedRequest,
     Replacement,
     Rewrite,
@@ -147,6 +148,7 @@ class ToolPolicyMiddleware:
         self.max_body_bytes = max_body_bytes
         self._listed: dict[Family, ListedNames] = {"tool": ListedNames(), "prompt": ListedNames()}
         self._ended_sessions: OrderedDict[str, None] = OrderedDict()
+        self._listing_shapes = ListingShapes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -231,10 +233,13 @@ class ToolPolicyMiddleware:
             if caller_id is None:
                 return None  # a notification: no answer to filter
             principal = _principal(identity)
+            if self.policy.hides_nothing_from(listing.family, identity):
+                # Decided before the answer is read: it goes to the caller as the app wrote it, never decoded.
+                log_decision(scope, layer=LAYER, decision="allow", reason="listing_all_shown", principal=principal)
+                return None
             log_decision(scope, layer=LAYER, decision="allow", reason="listing_filtered", principal=principal)
             guard_id = GuardId.new(listing.kind, caller_id)
-            keep = self._keeper(listing, identity)
-            return self._rewritten(body, guard_id, [], rewrite=listing_filter(guard_id.text, listing.list_key, keep))
+            return self._rewritten(body, guard_id, [], rewrite=self._listing_filter(listing, guard_id, identity))
 
         refused = await self._refused(scope, message, method, identity)
         if not refused:
@@ -328,16 +333,9 @@ class ToolPolicyMiddleware:
             self.app, scope, method=method, list_key=listing.list_key, kind=listing.kind, meta=meta
         )
 
-    def _keeper(self, listing: _Listing, identity: AccessIdentity | None) -> Callable[[Any], bool]:
-        decide = self.policy.decide  # called once per listed entry
-        family, name_key = listing.family, listing.name_key
-
-        def keep(entry: Any) -> bool:
-            name = entry.get(name_key) if isinstance(entry, dict) else None
-            # An entry we cannot name is not one we can vouch for.
-            return isinstance(name, str) and decide(family, name, identity)[0]
-
-        return keep
+    def _listing_filter(self, listing: _Listing, guard_id: GuardId, identity: AccessIdentity | None) -> Rewrite:
+        shows = self.policy.shows(listing.family, identity)
+        return listing_filter(guard_id.text, listing.list_key, listing.name_key, shows, self._listing_shapes)
 
     # -- GET: the session's own stream, and resumed ones -----------------------------------------------------------
 
@@ -364,8 +362,7 @@ class ToolPolicyMiddleware:
             for guard_id in guard_ids_in(text):
                 listing = _LISTING_KINDS.get(guard_id.kind)
                 if listing is not None:
-                    keep = self._keeper(listing, identity)
-                    rewritten = listing_filter(guard_id.text, listing.list_key, keep)(rewritten) or rewritten
+                    rewritten = self._listing_filter(listing, guard_id, identity)(rewritten) or rewritten
                 rewritten = restore(rewritten, guard_id)
             rewritten = MARKER.sub("", rewritten)
             return None if rewritten == text else rewritten
