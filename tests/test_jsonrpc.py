@@ -4,6 +4,7 @@ JSON/SSE response rewriting."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from mcp_access_guard.jsonrpc import (
     string_mark,
     value_span,
 )
+from mcp_access_guard.jsonrpc.responses import ListingShape
 
 # -- reading bodies ----------------------------------------------------------------------------------------------
 
@@ -186,12 +188,16 @@ def listing(request_id: Any, names: list[str], **extra: Any) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}, separators=(",", ":"))
 
 
-def shows_public(name: str) -> bool:
-    return not name.startswith("secret")
+def secrets_hidden(names: frozenset[str]) -> frozenset[str]:
+    return frozenset(name for name in names if name.startswith("secret"))
 
 
 def public_only(request_id: Any, shapes: ListingShapes | None = None) -> Rewrite:
-    return listing_filter(request_id, "tools", "name", shows_public, shapes)
+    return listing_filter(request_id, "tools", "name", secrets_hidden, shapes)
+
+
+def hiding_all_but(visible: set[str]) -> Callable[[frozenset[str]], frozenset[str]]:
+    return lambda names: names - visible
 
 
 def test_listing_filter_drops_entries_and_keeps_every_other_byte() -> None:
@@ -228,13 +234,13 @@ def test_a_remembered_listing_is_judged_again_for_each_caller_and_gives_what_a_f
     names = ["add", "secret", "mul", "secret2", "div"]
     text = listing(3, names, nextCursor="c")
     for visible in ({"add", "mul"}, {"secret", "div"}, set(names), set()):
-        remembered = listing_filter(3, "tools", "name", visible.__contains__, shapes)(text)
-        fresh = listing_filter(3, "tools", "name", visible.__contains__)(text)
+        remembered = listing_filter(3, "tools", "name", hiding_all_but(visible), shapes)(text)
+        fresh = listing_filter(3, "tools", "name", hiding_all_but(visible))(text)
         assert remembered == fresh
         expected = None if visible == set(names) else listing(3, [n for n in names if n in visible], nextCursor="c")
         assert remembered == expected
     # The same listing under another request's id: the shape is the text from the list on, the id is not in it.
-    assert listing_filter(4, "tools", "name", shows_public, shapes)(listing(4, names, nextCursor="c")) == listing(
+    assert listing_filter(4, "tools", "name", secrets_hidden, shapes)(listing(4, names, nextCursor="c")) == listing(
         4, ["add", "mul", "div"], nextCursor="c"
     )
 
@@ -244,22 +250,23 @@ def test_a_remembered_listing_is_not_read_with_another_name_key() -> None:
     text = (
         '{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"a://x","name":"secret"},{"uri":"a://y","name":"y"}]}}'
     )
-    by_name = listing_filter(1, "resources", "name", shows_public, shapes)(text)
-    by_uri = listing_filter(1, "resources", "uri", lambda uri: uri != "a://y", shapes)(text)
+    by_name = listing_filter(1, "resources", "name", secrets_hidden, shapes)(text)
+    by_uri = listing_filter(1, "resources", "uri", hiding_all_but({"a://x"}), shapes)(text)
     assert by_name == '{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"a://y","name":"y"}]}}'
     assert by_uri == '{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"a://x","name":"secret"}]}}'
 
 
 def test_listing_shapes_keep_no_more_text_than_their_bound() -> None:
-    shapes = ListingShapes(max_chars=2000)
+    shapes = ListingShapes(max_chars=20_000)
     for count in range(1, 40):
         text = listing(1, [f"tool{index}" for index in range(count)] + ["secret"])
-        assert json.loads(listing_filter(1, "tools", "name", shows_public, shapes)(text) or "")["result"]["tools"][
-            -1
-        ] == {"name": f"tool{count - 1}", "inputSchema": {"type": "object"}}
+        filtered = json.loads(listing_filter(1, "tools", "name", secrets_hidden, shapes)(text) or "")
+        assert [tool["name"] for tool in filtered["result"]["tools"]] == [f"tool{index}" for index in range(count)]
     kept = shapes._shapes
-    assert kept.currsize <= 2000
-    assert all(size == len(tail) for (_, tail), (_, size) in kept.items())
+    assert 0 < len(kept) < 39
+    assert kept.currsize <= 20_000
+    # Each counted as its result's text and as many filtered lists as it may keep.
+    assert all(size == len(result) * (1 + ListingShape.FILTERED_KEPT) for (_, _, result), (_, size) in kept.items())
 
 
 def test_rewrite_json_body_leaves_what_it_cannot_read() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from typing import Literal
 
 import pytest
 from hypothesis import given
@@ -68,6 +69,30 @@ def test_wildcard_entries_match_subdomains_at_any_depth_but_not_the_domain_itsel
     assert not rule.matches(user("a@example.com"))
     assert not rule.matches(user("a@badexample.com"))
     assert not rule.matches(user("a@example.com.evil.org"))
+
+
+_NAMES = st.sampled_from(["add", "secret", "café", "file:///a", "file:///{x}", "file:///b/c", "x://y"])
+_CALLERS = st.sampled_from([ALICE, BOB, ROBOT, None])
+_RULES = st.sampled_from(
+    [Rule(emails=["alice@example.com"]), Rule(groups=["admins"]), Rule(service_tokens=["88bf3b6d"])]
+)
+
+
+@given(
+    rules=st.dictionaries(_NAMES, _RULES, max_size=4),
+    default=st.sampled_from(["allow", "deny"]),
+    names=st.frozensets(_NAMES, max_size=7),
+    caller=_CALLERS,
+)
+def test_the_names_a_listing_hides_are_the_names_decide_refuses(
+    rules: dict[str, Rule], default: Literal["allow", "deny"], names: frozenset[str], caller: AccessIdentity | None
+) -> None:
+    policy = ToolPolicy(rules, default, prompts=rules, resources=rules)
+    for family in ("tool", "prompt", "resource"):
+        refused = frozenset(name for name in names if not policy.decide(family, name, caller)[0])
+        assert policy.hidden(family, names, caller) == refused
+        if policy.hides_nothing_from(family, caller):
+            assert not refused
 
 
 def test_default_deny_refuses_unlisted_tools_even_without_identity() -> None:

@@ -188,20 +188,16 @@ class ToolPolicy:
         rules = self._rules_for(family)
         return rules is None or (self.default == "allow" and all(rule.matches(identity) for rule in rules.values()))
 
-    def shows(self, family: Family, identity: AccessIdentity | None) -> Callable[[str], bool]:
-        """`decide`'s answer for `identity` without its reason, for the many names of one listing."""
+    def hidden(self, family: Family, names: frozenset[str], identity: AccessIdentity | None) -> frozenset[str]:
+        """Which of `names` (one listing's) `decide` refuses to `identity`: one rule test per name that has a rule."""
         rules = self._rules_for(family)
         if rules is None:
-            return lambda name: True
+            return frozenset()
         if family == "resource":
-            return lambda uri: self._decide_uri(rules, uri, identity)[0]
-        allowed_by_default = self.default == "allow"
-
-        def shows(name: str) -> bool:
-            rule = rules.get(name)
-            return allowed_by_default if rule is None else rule.matches(identity)
-
-        return shows
+            return frozenset(uri for uri in names if not self._decide_uri(rules, uri, identity)[0])
+        ruled = names & rules.keys()
+        matched = {name for name in ruled if rules[name].matches(identity)}
+        return frozenset((ruled if self.default == "allow" else names) - matched)
 
     def decide(self, family: Family, name: str, identity: AccessIdentity | None) -> tuple[bool, str]:
         """(allowed, machine-readable reason). A resource URI is judged by every rule whose URI or URI template could

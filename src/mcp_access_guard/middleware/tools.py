@@ -334,8 +334,12 @@ class ToolPolicyMiddleware:
         )
 
     def _listing_filter(self, listing: _Listing, guard_id: GuardId, identity: AccessIdentity | None) -> Rewrite:
-        shows = self.policy.shows(listing.family, identity)
-        return listing_filter(guard_id.text, listing.list_key, listing.name_key, shows, self._listing_shapes)
+        family, policy = listing.family, self.policy
+
+        def hidden(names: frozenset[str]) -> frozenset[str]:
+            return policy.hidden(family, names, identity)
+
+        return listing_filter(guard_id.text, listing.list_key, listing.name_key, hidden, self._listing_shapes)
 
     # -- GET: the session's own stream, and resumed ones -----------------------------------------------------------
 
