@@ -44,6 +44,7 @@ CALLER = AccessIdentity(subject="u1", issuer="https://team.example", expires_at=
 ROUNDS, WARMUP, ROUND_SECONDS = 9, 2, 0.02
 # The listing filter's targets for the 22-tool listing (issue 16): what a hidden tool costs, not a visible one.
 LISTING_TARGETS_US = {"one hidden": 15.0, "none hidden": 3.0}
+FLOOR = "tools not covered (the layer's floor)"
 QUICK_ROUNDS, QUICK_WARMUP = 5, 1
 
 
@@ -211,6 +212,9 @@ async def listing_filter(quick: bool) -> Section:
             "one hidden": ToolPolicy({hidden: Rule(emails=["boss@example.com"])}),
             "none hidden": ToolPolicy({hidden: Rule(emails=[CALLER.email or ""])}),
         }
+        if case in hidden_tool:
+            # What the layer costs any POST it reads and lets through (a policy with nothing to say about tools).
+            policies[FLOOR] = ToolPolicy(prompts={"briefing": Rule(emails=["boss@example.com"])})
         bare = listing_app(result)
         calls = {"bare": asgi_call(bare, LIST_REQUEST, LIST_SCOPE)}
         for label, policy in policies.items():
@@ -218,7 +222,7 @@ async def listing_filter(quick: bool) -> Section:
             answer = json.loads(await answer_of(guarded))
             shown = [tool["name"] for tool in answer["result"]["tools"]]
             assert len(shown) == tools - (label == "one hidden"), f"{case}, {label}: {len(shown)} of {tools} shown"
-            assert (hidden in shown) is (label == "none hidden"), f"{case}, {label}"
+            assert (hidden in shown) is (label != "one hidden"), f"{case}, {label}"
             calls[label] = asgi_call(guarded, LIST_REQUEST, LIST_SCOPE)
         samples = await interleaved(calls, quick)
         bare_us = statistics.median(samples["bare"])
@@ -227,8 +231,9 @@ async def listing_filter(quick: bool) -> Section:
             added = statistics.median(added_samples)
             if case in hidden_tool:
                 figure = section.add(f"{case}, {label}: added", "µs", added_samples)
-                limit = LISTING_TARGETS_US[label]
-                figure.target, figure.met = f"< {limit:g} µs added", added < limit
+                if label in LISTING_TARGETS_US:
+                    limit = LISTING_TARGETS_US[label]
+                    figure.target, figure.met = f"< {limit:g} µs added", added < limit
                 continue
             base_added, base_bytes = first.setdefault(label, (added, len(result)))
             rows.append(
@@ -260,9 +265,11 @@ async def listing_filter(quick: bool) -> Section:
     )
     section.notes.append(
         "Added time: each round's (ToolPolicyMiddleware + app) less the median round of the app alone, rounds "
-        "interleaved in one run. The app answers a prepared `result` under the request's own id. 'To the first "
-        "row' compares each policy with its own 10-tool, small-schema row: growth no faster than the work means "
-        "the first ratio stays at or under the second."
+        "interleaved in one run. The app answers a prepared `result` under the request's own id. The layer's floor "
+        "is what it costs any POST it reads (parsed strictly, routing headers checked) and lets through: the listing "
+        "filter's own cost is what a row adds above it. 'To the first row' compares each policy with its own "
+        "10-tool, small-schema row: growth no faster than the work means the first ratio stays at or under the "
+        "second."
     )
     return section
 

@@ -46,7 +46,6 @@ from mcp.shared.inbound import (
     encode_header_value,
 )
 from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
@@ -529,13 +528,14 @@ def _forwarded_headers(scope: Scope, verdict: _Verdict) -> list[tuple[bytes, byt
         replacements[_MCP_NAME] = encode_header_value(verdict.mcp_name).encode("latin-1")
     headers = []
     replaced = set()
-    for name, value in scope["headers"]:
+    for header in scope["headers"]:
+        name = header[0]
         if name in replacements:
             if name in replaced:
-                continue  # one copy, as MutableHeaders keeps
+                continue  # one copy, as Starlette's MutableHeaders keeps
             replaced.add(name)
-            value = replacements[name]
-        headers.append((name, value))
+            header = (name, replacements[name])
+        headers.append(header)  # the server's own pair when unchanged: no copy to keep alive for the request
     return headers
 
 
@@ -601,21 +601,22 @@ class _Answer:
         if self._rewrite is None and not self._replacements:
             await self._send(message)
             return
-        headers = MutableHeaders(raw=list(message.get("headers", [])))
-        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        # The raw pairs read directly (names are lower-case bytes in ASGI): this runs for every rewritten answer.
+        headers = message.get("headers", [])
+        content_type = next((value for name, value in headers if name == b"content-type"), b"")
+        media_type = content_type.decode("latin-1").split(";")[0].strip().lower()
         streaming = media_type == "text/event-stream"
         if self._streams_only and not streaming:
             self._rewrite = None
         if not (streaming or media_type == "application/json" or media_type.endswith("+json")):
             self._rewrite = None  # not JSON-RPC messages: only the byte replacements apply
-        if streaming or "content-length" not in headers:
+        if streaming or not any(name == b"content-length" for name, _ in headers):
             if self._rewrite is not None and streaming:
                 self._sse = SSERewriter(self._rewrite)
             if self._replacements:
                 self._replace = StreamingReplace(self._replacements)
             if self._sse is not None or self._replace is not None:
-                del headers["content-length"]
-                message = {**message, "headers": headers.raw}
+                message = {**message, "headers": [header for header in headers if header[0] != b"content-length"]}
             await self._send(message)
             return
         if self._rewrite is None and not self._replacements:
@@ -642,7 +643,19 @@ class _Answer:
         if self._rewrite is not None:
             body = rewrite_json_body(body, self._rewrite)
         body = replace_all(body, self._replacements)
-        headers = MutableHeaders(raw=list(self._start.get("headers", [])))
-        headers["content-length"] = str(len(body))
-        await self._send({**self._start, "headers": headers.raw})
+        await self._send({**self._start, "headers": _with_length(self._start.get("headers", []), len(body))})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _with_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    """`headers` with their Content-Length saying `length`: one copy, where the first was (as Starlette sets it)."""
+    value = str(length).encode("latin-1")
+    out = []
+    seen = False
+    for header in headers:
+        if header[0] == b"content-length":
+            if seen:
+                continue
+            seen, header = True, (b"content-length", value)
+        out.append(header)
+    return out
