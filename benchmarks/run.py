@@ -120,9 +120,10 @@ def markdown(sections: Sequence[Section], scripts: dict[str, str], quick: bool, 
     ]
     lines += [row(section, figure) for section in sections for figure in section.figures if figure.met is not None]
     for section in sections:
-        lines += ["", f"## {section.title}", ""]
-        lines += TABLE_HEADER
-        lines += [row(section, figure) for figure in section.figures]
+        lines += ["", f"## {section.title}"]
+        if section.figures:
+            lines += ["", *TABLE_HEADER]
+            lines += [row(section, figure) for figure in section.figures]
         for table in section.tables:
             lines += ["", table]
         if section.notes:
