@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -75,21 +76,26 @@ class Section:
 
 class LagTicker:
     """Wakes every `interval` seconds and records how late it woke: the longest lag is the longest time the event
-    loop was held by something else (a blocking call, or one long burst of ready work)."""
+    loop was held by something else (a blocking call, a garbage collection, one long burst of ready work), or the
+    process was not running at all (the machine gave its core to another process)."""
 
     def __init__(self, interval: float = 0.001) -> None:
         self.interval = interval
-        self.lags: list[float] = []
+        self.ticks: list[Tick] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
-            expected = time.perf_counter() + self.interval
+            slept, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(self.interval)
-            self.lags.append(max(0.0, time.perf_counter() - expected))
+            woke, cpu_woke = time.perf_counter(), time.thread_time()
+            due = slept + self.interval
+            # Time off the CPU beyond the interval the loop may have spent idle: the machine ran something else.
+            descheduled = (woke - slept) - (cpu_woke - cpu) - self.interval
+            self.ticks.append(Tick(due, max(due, woke), max(0.0, descheduled)))
 
     def start(self) -> None:
-        self.lags.clear()
+        self.ticks.clear()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -100,11 +106,98 @@ class LagTicker:
             self._task = None
 
     @property
+    def lags(self) -> list[float]:
+        return [tick.lag for tick in self.ticks]
+
+    @property
     def worst_ms(self) -> float:
         return max(self.lags, default=0.0) * 1000
 
     def percentile_ms(self, fraction: float) -> float:
-        if not self.lags:
+        if not self.ticks:
             return 0.0
         ordered = sorted(self.lags)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One wake-up of a `LagTicker` (perf_counter seconds): when it was due, when it woke, and how long the loop's
+    thread was off the CPU beyond the interval it may have idled: descheduled by the machine, not busy (an upper
+    bound on what the process itself held the loop for is the lag less this)."""
+
+    due: float
+    woke: float
+    descheduled: float
+
+    @property
+    def lag(self) -> float:
+        return self.woke - self.due
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    """One garbage collection: when it started (perf_counter seconds), how long it ran, which generation, and the
+    CPU time it took (less than `seconds` when the machine took the CPU away in the middle of it)."""
+
+    started: float
+    seconds: float
+    generation: int
+    cpu_seconds: float
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.seconds
+
+
+class GCWatch:
+    """Every garbage collection made while it is entered, through `gc.callbacks`, to be set beside a `LagTicker`:
+    a lag whose window holds a collection was (that much) the collector's."""
+
+    def __init__(self) -> None:
+        self.collections: list[Collection] = []
+        self._started = self._cpu_started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        now, cpu = time.perf_counter(), time.thread_time()
+        if phase == "start":
+            self._started, self._cpu_started = now, cpu
+        else:
+            started = self._started
+            self.collections.append(Collection(started, now - started, info["generation"], cpu - self._cpu_started))
+
+    def __enter__(self) -> GCWatch:
+        self.collections.clear()
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def count(self, generation: int) -> int:
+        return sum(1 for collection in self.collections if collection.generation == generation)
+
+    def worst_ms(self, generation: int | None = None) -> float:
+        return 1000 * max(
+            (c.seconds for c in self.collections if generation is None or c.generation == generation), default=0.0
+        )
+
+    def total_ms(self) -> float:
+        return 1000 * sum(collection.seconds for collection in self.collections)
+
+    def lags_split(self, ticker: LagTicker) -> list[tuple[Tick, float]]:
+        """Each tick of `ticker` with the part of its lag spent collecting, in seconds. One sweep over both, in
+        time order."""
+        collections = sorted(self.collections, key=lambda collection: collection.started)
+        split = []
+        first = 0
+        for tick in ticker.ticks:
+            while first < len(collections) and collections[first].ended <= tick.due:
+                first += 1
+            collecting = 0.0
+            for collection in collections[first:]:
+                if collection.started >= tick.woke:
+                    break
+                collecting += min(tick.woke, collection.ended) - max(tick.due, collection.started)
+            split.append((tick, collecting))
+        return split

@@ -11,6 +11,10 @@ Request shape: the modern protocol era, the cheapest realistic one: one POST per
 `initialize`, `MCP-Protocol-Version: 2026-07-28` with `Mcp-Method`/`Mcp-Name`, answered with plain JSON. Every request
 carries a `Cf-Access-Jwt-Assertion` from a `LocalAccess` running in this process (the bare server ignores it).
 Both servers log at WARNING: allow decisions are not written, as a deployment that logs refusals only runs.
+
+With `taskset` (util-linux) and two cores or more, both servers run on one core and the load generator on another,
+so the server is never starved by its own load; `py-spy` (pip install py-spy), when installed, then samples the
+guarded server under load and the report says where its time goes, package by package.
 """
 
 from __future__ import annotations
@@ -21,19 +25,21 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 
-from bench_common import Section
+from bench_common import GCWatch, Section
 from mcp_access_guard.jsonrpc import DEFAULT_MAX_BODY_BYTES
 from mcp_access_guard.testing import LocalAccess, free_port
 
@@ -46,7 +52,10 @@ METHODS = {
     "tools/list": ({}, None),
 }
 SERVERS = ("bare", "guarded")
-TARGET_RATIO = 0.95
+# The same two, each frozen once started (`gc.freeze()`, as `mcp-access-guard serve` does).
+FROZEN = {"bare": "bare-frozen", "guarded": "guarded-frozen"}
+FROZEN_CALLERS = (100,)
+TARGET_RATIO = 0.97
 
 
 @dataclass(frozen=True)
@@ -56,10 +65,28 @@ class Plan:
     callers: tuple[int, ...]
     httpx_rounds: int
     memory_rounds: int
+    profile_seconds: int
 
 
-FULL = Plan(rounds=3, seconds=3.0, callers=(1, 10, 100), httpx_rounds=1, memory_rounds=3)
-QUICK = Plan(rounds=1, seconds=1.0, callers=(1, 10, 100), httpx_rounds=0, memory_rounds=1)
+FULL = Plan(rounds=6, seconds=3.0, callers=(1, 10, 100), httpx_rounds=1, memory_rounds=3, profile_seconds=10)
+QUICK = Plan(rounds=1, seconds=1.0, callers=(1, 10, 100), httpx_rounds=0, memory_rounds=1, profile_seconds=0)
+
+
+def pinned_cores() -> tuple[int, int] | None:
+    """(the servers' core, the load generator's core), when `taskset` can keep them apart."""
+    cores = sorted(os.sched_getaffinity(0))
+    if shutil.which("taskset") is None or len(cores) < 2:
+        return None
+    return cores[0], cores[1]
+
+
+def on_core(command: list[str], core: int | None) -> list[str]:
+    return command if core is None else ["taskset", "-c", str(core), *command]
+
+
+PINNING = pinned_cores()
+SERVER_CORE = PINNING[0] if PINNING else None
+LOAD_CORE = PINNING[1] if PINNING else None
 
 
 def request_body(method: str) -> bytes:
@@ -94,8 +121,45 @@ def serve(kind: str, port: int) -> None:
 
     for name in ("mcp_access_guard", "mcp", "uvicorn", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    app = reference_server.app if kind == "guarded" else reference_server.mcp.streamable_http_app()
+    app = reference_server.app if kind.startswith("guarded") else reference_server.mcp.streamable_http_app()
+    if kind.endswith("-frozen"):
+        from mcp_access_guard.serve import FreezeHeapAfterStartup
+
+        app = FreezeHeapAfterStartup(app)
+    # The garbage collections this server makes, written to a file when the benchmark asks (SIGUSR1).
+    watch = GCWatch().__enter__()
+    stats_file = gc_stats_file(port)
+
+    def write_stats(*_: object) -> None:
+        # CPU time, to be taken out of the server's CPU time.
+        full = [collection.cpu_seconds for collection in watch.collections if collection.generation == 2]
+        young = [collection.cpu_seconds for collection in watch.collections if collection.generation != 2]
+        stats_file.write_text(json.dumps({"full": [len(full), sum(full)], "young": [len(young), sum(young)]}))
+
+    signal.signal(signal.SIGUSR1, write_stats)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def gc_stats_file(port: int) -> Path:
+    return Path(tempfile.gettempdir(), f"bench-http-gc-{port}.json")
+
+
+@dataclass(frozen=True)
+class Collections:
+    """Garbage collections a server made: full ones (generation 2) and young ones, how many and CPU seconds spent."""
+
+    full: int
+    full_seconds: float
+    young: int
+    young_seconds: float
+
+    def __sub__(self, other: Collections) -> Collections:
+        return Collections(
+            self.full - other.full,
+            self.full_seconds - other.full_seconds,
+            self.young - other.young,
+            self.young_seconds - other.young_seconds,
+        )
 
 
 @dataclass
@@ -108,6 +172,27 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
+    def collections(self) -> Collections:
+        """The server's garbage collections so far (it writes them down when signalled)."""
+        stats_file = gc_stats_file(self.port)
+        stats_file.unlink(missing_ok=True)
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                stats = json.loads(stats_file.read_text())
+            except (OSError, ValueError):
+                time.sleep(0.01)
+                continue
+            stats_file.unlink()
+            return Collections(stats["full"][0], stats["full"][1], stats["young"][0], stats["young"][1])
+        raise RuntimeError(f"the {self.kind} server did not report its garbage collections")
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the server process has used, from /proc (Linux)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def memory_kib(self, field: str) -> int:
         """VmRSS (now) or VmHWM (peak so far) of the server process, from /proc (Linux)."""
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -117,7 +202,7 @@ class Server:
 
 
 @contextmanager
-def running_servers(issuer: LocalAccess) -> Iterator[dict[str, Server]]:
+def running_servers(issuer: LocalAccess, kinds: Sequence[str] = SERVERS) -> Iterator[dict[str, Server]]:
     env = {
         **os.environ,
         "TEAM_DOMAIN": issuer.url,
@@ -127,11 +212,11 @@ def running_servers(issuer: LocalAccess) -> Iterator[dict[str, Server]]:
     }
     servers: dict[str, Server] = {}
     try:
-        for kind in SERVERS:
+        for kind in kinds:
             port = free_port()
-            process = subprocess.Popen(
-                [sys.executable, __file__, "--serve", kind, "--port", str(port)], env=env, cwd=REPO
-            )
+            command = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+            # taskset execs the server, so the process (and its pid, for py-spy) is the server's own.
+            process = subprocess.Popen(on_core(command, SERVER_CORE), env=env, cwd=REPO)
             servers[kind] = Server(kind, port, process)
         for server in servers.values():
             wait_until_listening(server)
@@ -185,6 +270,24 @@ class Load:
     requests_per_second: float
     p50_ms: float
     p99_ms: float
+    requests: int
+    # The server's own CPU time over the run (set by `measure`): what it spent, whatever else the machine ran.
+    server_cpu_seconds: float = 0.0
+    collections: Collections = Collections(0, 0.0, 0, 0.0)
+
+    def per_cpu_second(self) -> float:
+        return self.requests / self.server_cpu_seconds if self.server_cpu_seconds else 0.0
+
+    def per_cpu_second_outside_gc(self) -> float:
+        outside = self.server_cpu_seconds - self.collections.full_seconds - self.collections.young_seconds
+        return self.requests / outside if outside > 0 else 0.0
+
+    def full_per_1000(self) -> float:
+        return 1000 * self.collections.full / self.requests if self.requests else 0.0
+
+    def gc_us_per_request(self) -> float:
+        seconds = self.collections.full_seconds + self.collections.young_seconds
+        return seconds / self.requests * 1e6 if self.requests else 0.0
 
 
 _WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -194,7 +297,9 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Load:
     wrk = shutil.which("wrk")
     assert wrk is not None
     output = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "-s", str(script), url],
+        on_core(
+            [wrk, "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "-s", str(script), url], LOAD_CORE
+        ),
         capture_output=True,
         text=True,
         check=True,
@@ -209,8 +314,10 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Load:
         return float(match.group(1)) * _WRK_UNITS[match.group(2)]
 
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    count = re.search(r"(\d+) requests in", output)
     assert rate is not None, output
-    return Load(float(rate.group(1)), latency("50"), latency("99"))
+    assert count is not None, output
+    return Load(float(rate.group(1)), latency("50"), latency("99"), int(count.group(1)))
 
 
 # -- the async httpx load generator (runs in its own process) -----------------------------------------------------
@@ -242,13 +349,16 @@ async def httpx_load(url: str, method: str, tokens: Sequence[str], seconds: floa
         "rps": len(latencies) / elapsed,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "requests": len(latencies),
         "failures": failures,
     }
 
 
 def run_httpx_load(url: str, method: str, tokens_file: Path, callers: int, seconds: float) -> Load:
     output = subprocess.run(
-        [sys.executable, __file__, "--load", url, method, str(tokens_file), str(callers), str(seconds)],
+        on_core(
+            [sys.executable, __file__, "--load", url, method, str(tokens_file), str(callers), str(seconds)], LOAD_CORE
+        ),
         capture_output=True,
         text=True,
         check=True,
@@ -256,7 +366,7 @@ def run_httpx_load(url: str, method: str, tokens_file: Path, callers: int, secon
     result = json.loads(output.strip().splitlines()[-1])
     if result["failures"]:
         raise RuntimeError(f"{result['failures']} requests failed against {url}")
-    return Load(result["rps"], result["p50_ms"], result["p99_ms"])
+    return Load(result["rps"], result["p50_ms"], result["p99_ms"], result["requests"])
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
@@ -277,7 +387,7 @@ def collect_sync(quick: bool = False) -> list[Section]:
             for callers in plan.callers:
                 scripts[method, callers] = Path(scratch, f"{method.replace('/', '_')}-{callers}.lua")
                 scripts[method, callers].write_text(wrk_script(method, tokens[:callers]))
-        with running_servers(issuer) as servers:
+        with running_servers(issuer, (*SERVERS, *FROZEN.values())) as servers:
             for server in servers.values():
                 warm_up(server, tokens)
             generators = (["wrk"] if shutil.which("wrk") else []) + (["httpx"] if plan.httpx_rounds else [])
@@ -286,11 +396,27 @@ def collect_sync(quick: bool = False) -> list[Section]:
             for generator in generators:
                 rounds = plan.rounds if generator == "wrk" else max(plan.httpx_rounds, 1)
                 measure(section, generator, servers, plan, rounds, scripts, tokens_file)
+            if "wrk" in generators:
+                frozen = {kind: servers[FROZEN[kind]] for kind in SERVERS}
+                frozen_plan = replace(plan, callers=FROZEN_CALLERS)
+                measure(
+                    section, "wrk", frozen, frozen_plan, plan.rounds, scripts, tokens_file, label="wrk, both frozen"
+                )
+            if plan.profile_seconds and "wrk" in generators:
+                for method, callers in PROFILED:
+                    profile(section, servers["guarded"], method, callers, scripts[method, callers], plan, scratch)
         for _ in range(plan.memory_rounds):
             measure_memory(memory, issuer)
+    pinning = (
+        f"servers pinned to core {SERVER_CORE} and the load generator to core {LOAD_CORE} with taskset"
+        if PINNING
+        else "not pinned to cores (taskset missing or one core)"
+    )
     section.notes.append(
-        f"{plan.rounds} wrk rounds of {plan.seconds:g} s per cell (bare and guarded alternating within each round); "
-        "wrk runs one thread with one connection per caller; p50/p99 from wrk's latency distribution."
+        f"{plan.rounds} wrk rounds of {plan.seconds:g} s per cell (bare and guarded alternating within each round, "
+        f"the order flipped every round); {pinning}; wrk runs one thread with one connection per caller; p50/p99 "
+        "from wrk's latency distribution. 'wrk, both frozen': the same two servers, each with its heap frozen once "
+        "started (`gc.freeze()`), as `mcp-access-guard serve` runs an app."
     )
     memory.notes.append(
         f"Peak RSS (VmHWM) of a fresh server process after one {DEFAULT_MAX_BODY_BYTES} byte tools/call "
@@ -320,6 +446,8 @@ def measure(
     rounds: int,
     scripts: dict[tuple[str, int], Path],
     tokens_file: Path,
+    *,
+    label: str | None = None,
 ) -> None:
     results: dict[tuple[str, int, str], list[Load]] = {}
     for round_number in range(rounds):
@@ -328,32 +456,178 @@ def measure(
                 # Alternate which server goes first, so neither always runs on a machine just warmed by the other.
                 order = SERVERS if round_number % 2 == 0 else SERVERS[::-1]
                 for kind in order:
-                    url = servers[kind].url
+                    server = servers[kind]
+                    collections_before = server.collections()
+                    cpu_before = server.cpu_seconds()
                     if generator == "wrk":
-                        load = run_wrk(url, scripts[method, callers], callers, plan.seconds)
+                        load = run_wrk(server.url, scripts[method, callers], callers, plan.seconds)
                     else:
-                        load = run_httpx_load(url, method, tokens_file, callers, plan.seconds)
+                        load = run_httpx_load(server.url, method, tokens_file, callers, plan.seconds)
+                    cpu = server.cpu_seconds() - cpu_before
+                    load = replace(load, server_cpu_seconds=cpu, collections=server.collections() - collections_before)
                     results.setdefault((method, callers, kind), []).append(load)
     for method in METHODS:
         for callers in plan.callers:
-            prefix = f"{generator}: {method}, {callers} caller{'s' if callers > 1 else ''}"
-            bare = results[method, callers, "bare"]
-            guarded = results[method, callers, "guarded"]
-            section.add(f"{prefix}, bare", "req/s", [load.requests_per_second for load in bare])
-            rates = [load.requests_per_second for load in guarded]
-            figure = section.add(f"{prefix}, guarded", "req/s", rates, baseline=f"{prefix}, bare")
-            figure.target = f">= {TARGET_RATIO:.0%} of bare"
-            ratio = section.ratio(figure)
-            figure.met = ratio is not None and ratio >= TARGET_RATIO
+            prefix = f"{label or generator}: {method}, {callers} caller{'s' if callers > 1 else ''}"
+            bare, guarded = results[method, callers, "bare"], results[method, callers, "guarded"]
+            # The throughput as wrk saw it; then with the machine's noise taken out (requests per second of the
+            # server's own CPU), and with the server's own garbage collections taken out too: a full collection
+            # walks the whole heap (the mcp SDK's 100,000 objects, some 100 ms here), and whether one more lands in
+            # a few seconds' cell moves that cell's figure by several percent, bare or guarded alike.
+            add_pair(section, prefix, "", "req/s", bare, guarded, lambda load: load.requests_per_second, target=True)
+            add_pair(section, prefix, ", per server CPU-second", "req", bare, guarded, Load.per_cpu_second)
+            add_pair(
+                section,
+                prefix,
+                ", per server CPU-second outside GC",
+                "req",
+                bare,
+                guarded,
+                Load.per_cpu_second_outside_gc,
+                target=True,
+            )
+            add_pair(
+                section,
+                prefix,
+                ", full collections per 1,000 requests",
+                "collections",
+                bare,
+                guarded,
+                Load.full_per_1000,
+            )
+            add_pair(
+                section, prefix, ", time in garbage collection per request", "µs", bare, guarded, Load.gc_us_per_request
+            )
             for quantile in ("p50", "p99"):
                 attribute = f"{quantile}_ms"
-                section.add(f"{prefix}, bare {quantile}", "ms", [getattr(load, attribute) for load in bare])
-                section.add(
-                    f"{prefix}, guarded {quantile}",
-                    "ms",
-                    [getattr(load, attribute) for load in guarded],
-                    baseline=f"{prefix}, bare {quantile}",
+                add_pair(
+                    section, prefix, f" {quantile}", "ms", bare, guarded, lambda load, a=attribute: getattr(load, a)
                 )
+
+
+def add_pair(
+    section: Section,
+    prefix: str,
+    suffix: str,
+    unit: str,
+    bare: list[Load],
+    guarded: list[Load],
+    value: Callable[[Load], float],
+    *,
+    target: bool = False,
+) -> None:
+    """One figure for the bare server and one for the guarded, as a ratio to it; with the throughput target."""
+    section.add(f"{prefix}, bare{suffix}", unit, [value(load) for load in bare])
+    figure = section.add(
+        f"{prefix}, guarded{suffix}", unit, [value(load) for load in guarded], baseline=f"{prefix}, bare{suffix}"
+    )
+    if target:
+        ratio = section.ratio(figure)
+        figure.target = f">= {TARGET_RATIO:.0%} of bare"
+        figure.met = ratio is not None and ratio >= TARGET_RATIO
+
+
+# -- where the guarded server's time goes -------------------------------------------------------------------------
+
+PROFILED = (("tools/list", 100), ("tools/call", 100))
+GUARD_PACKAGE = "mcp_access_guard"
+
+
+def py_spy() -> str | None:
+    beside_python = Path(sys.executable).with_name("py-spy")
+    return str(beside_python) if beside_python.exists() else shutil.which("py-spy")
+
+
+STDLIB = sysconfig.get_paths()["stdlib"]
+
+
+def frame_package(frame: str) -> str | None:
+    """The package a py-spy frame (`function (/full/path/file.py:line)`) belongs to; None for the standard library
+    and for code Python generates (dataclass `__init__`s, frozen modules), which count for their caller."""
+    path = frame.rpartition(" (")[2].rpartition(":")[0]
+    if path.startswith("<") or (path.startswith(STDLIB) and "site-packages" not in path):
+        return None
+    if f"/{GUARD_PACKAGE}/" in path:
+        return GUARD_PACKAGE
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
+    return Path(path).name
+
+
+def owners(raw: str) -> tuple[dict[str, int], dict[str, int]]:
+    """From py-spy's raw (collapsed) stacks: samples per package, each sample given to the innermost frame outside
+    the standard library (so `json` called by the guard counts as the guard's); and the guard's samples by function.
+    """
+    by_package: dict[str, int] = {}
+    by_function: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        owner, function = "the event loop and the standard library", ""
+        for frame in reversed(frames):
+            package = frame_package(frame)
+            if package is not None:
+                owner, function = package, frame.partition(" (")[0]
+                break
+        by_package[owner] = by_package.get(owner, 0) + count
+        if owner == GUARD_PACKAGE:
+            by_function[function] = by_function.get(function, 0) + count
+    return by_package, by_function
+
+
+def profile(
+    section: Section, server: Server, method: str, callers: int, script: Path, plan: Plan, scratch: str
+) -> None:
+    spy = py_spy()
+    label = f"{method}, {callers} callers"
+    if spy is None:
+        section.notes.append("py-spy is not installed (pip install py-spy): the guarded server was not profiled.")
+        return
+    output = Path(scratch, "profile.txt")
+    command = [spy, "record", "--pid", str(server.process.pid), "--duration", str(plan.profile_seconds)]
+    command += ["--rate", "200", "--nonblocking", "--full-filenames", "--format", "raw", "--output", str(output)]
+    recorder = subprocess.Popen(on_core(command, LOAD_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    run_wrk(server.url, script, callers, plan.profile_seconds)
+    _, errors = recorder.communicate(timeout=plan.profile_seconds + 60)
+    if recorder.returncode != 0 or not output.exists():
+        section.notes.append(f"py-spy could not sample the guarded server: {errors.decode()[-300:].strip()}")
+        return
+    by_package, by_function = owners(output.read_text())
+    total = sum(by_package.values()) or 1
+    rows = [
+        f"| {package} | {count / total:.1%} |" for package, count in sorted(by_package.items(), key=lambda i: -i[1])
+    ]
+    guard_rows = [
+        f"| {function} | {count / total:.2%} |"
+        for function, count in sorted(by_function.items(), key=lambda item: -item[1])[:8]
+    ]
+    section.tables.append(
+        "\n".join(
+            [
+                f"py-spy on the guarded server under wrk ({label}, {plan.profile_seconds} s, {total} samples): "
+                "where its time goes, each sample given to the innermost frame outside the standard library",
+                "",
+                "| package | share of samples |",
+                "| --- | --- |",
+                *rows,
+                "",
+                f"The guard's share by function ({label}):",
+                "",
+                "| function | share of samples |",
+                "| --- | --- |",
+                *guard_rows,
+            ]
+        )
+    )
+    section.add(
+        f"py-spy: {label}, the guard's own share of the server's samples",
+        "%",
+        [100 * by_package.get(GUARD_PACKAGE, 0) / total],
+    )
 
 
 def measure_memory(section: Section, issuer: LocalAccess) -> None:
@@ -395,7 +669,7 @@ async def collect(quick: bool = False) -> list[Section]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter loads, one round, for a smoke run")
-    parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=(*SERVERS, *FROZEN.values()), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)

@@ -1,12 +1,15 @@
 """Every benchmark in one run: prints a table and writes `benchmarks/results.md`.
 
-    python benchmarks/run.py            # full run, under ten minutes
-    python benchmarks/run.py --quick    # smoke run, about a minute; prints only (or --output FILE)
+    python benchmarks/run.py            # full run, about half an hour: run it in the background
+    python benchmarks/run.py --quick    # smoke run, a few minutes; prints only (or --output FILE)
 
-Needs `pip install -e '.[bench]'` for the peers, `wrk` (Debian: `apt-get install wrk`) for the HTTP load, and
-`redis-server` (Debian: `apt-get install redis-server`) for the Redis store; what is missing is reported, not
-dropped. Every figure is a median over kept rounds (warm-up discarded) with its min-max, and where it has a
-baseline, its ratio to that baseline measured in the same run.
+What it needs, and what is reported (not dropped) when missing:
+- `pip install -e '.[bench]'` for the peers, and `pip install py-spy` to profile the guarded server under load;
+- `wrk` for the HTTP load (Debian: `apt-get install -y wrk`);
+- `taskset` (util-linux) and two cores, so each server and its load generator run on separate cores;
+- `redis-server` (Debian: `apt-get install -y redis-server`) for the Redis store.
+Every figure is a median over kept rounds (warm-up discarded) with its min-max, and where it has a baseline, its
+ratio to that baseline measured in the same run. `.ci/run` does not run benchmarks.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import bench_floods
 import bench_http
 import bench_peers
+import bench_scaling
 import bench_store
 from bench_common import Figure, Section
 
@@ -116,9 +120,10 @@ def markdown(sections: Sequence[Section], scripts: dict[str, str], quick: bool, 
     ]
     lines += [row(section, figure) for section in sections for figure in section.figures if figure.met is not None]
     for section in sections:
-        lines += ["", f"## {section.title}", ""]
-        lines += TABLE_HEADER
-        lines += [row(section, figure) for figure in section.figures]
+        lines += ["", f"## {section.title}"]
+        if section.figures:
+            lines += ["", *TABLE_HEADER]
+            lines += [row(section, figure) for figure in section.figures]
         for table in section.tables:
             lines += ["", table]
         if section.notes:
@@ -156,6 +161,8 @@ async def collect(quick: bool) -> list[Section]:
     print("HTTP done", file=sys.stderr, flush=True)
     sections += await bench_floods.collect(quick)
     print("floods done", file=sys.stderr, flush=True)
+    sections += await bench_scaling.collect(quick)
+    print("scaling done", file=sys.stderr, flush=True)
     sections += await bench_store.collect(quick)
     return sections
 

@@ -4,6 +4,7 @@ JSON/SSE response rewriting."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ from mcp_access_guard.jsonrpc import (
     GUARD_ID_PREFIX,
     ClientGone,
     GuardId,
+    ListingShapes,
     RejectedRequest,
+    Rewrite,
     SSERewriter,
     StreamingReplace,
     apply_edits,
@@ -33,6 +36,7 @@ from mcp_access_guard.jsonrpc import (
     string_mark,
     value_span,
 )
+from mcp_access_guard.jsonrpc.responses import ListingShape
 
 # -- reading bodies ----------------------------------------------------------------------------------------------
 
@@ -185,19 +189,26 @@ def listing(request_id: Any, names: list[str], **extra: Any) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}, separators=(",", ":"))
 
 
-def keep_public(tool: Any) -> bool:
-    name = tool.get("name") if isinstance(tool, dict) else None
-    return isinstance(name, str) and not name.startswith("secret")
+def secrets_hidden(names: frozenset[str]) -> frozenset[str]:
+    return frozenset(name for name in names if name.startswith("secret"))
+
+
+def public_only(request_id: Any, shapes: ListingShapes | None = None) -> Rewrite:
+    return listing_filter(request_id, "tools", "name", secrets_hidden, shapes)
+
+
+def hiding_all_but(visible: set[str]) -> Callable[[frozenset[str]], frozenset[str]]:
+    return lambda names: names - visible
 
 
 def test_listing_filter_drops_entries_and_keeps_every_other_byte() -> None:
     text = listing(3, ["add", "secret", "mul", "secret2"], nextCursor="page-2", _meta={"k": "é\u2028"})
-    rewritten = listing_filter(3, "tools", keep_public)(text)
+    rewritten = public_only(3)(text)
     assert rewritten == listing(3, ["add", "mul"], nextCursor="page-2", _meta={"k": "é\u2028"})
 
 
 def test_listing_filter_leaves_other_messages_alone() -> None:
-    rewrite = listing_filter(3, "tools", keep_public)
+    rewrite = public_only(3)
     assert rewrite(listing(3, ["add"])) is None  # nothing to drop
     assert rewrite(listing(4, ["secret"])) is None  # another request's answer
     assert rewrite(listing("3", ["secret"])) is None  # same digits, different id
@@ -210,15 +221,53 @@ def test_listing_filter_leaves_other_messages_alone() -> None:
 
 def test_listing_filter_drops_entries_it_cannot_name() -> None:
     text = '{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"add"},{"name":7},"x",{"title":"t"}]}}'
-    assert (
-        listing_filter(1, "tools", keep_public)(text) == '{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"add"}]}}'
-    )
+    assert public_only(1)(text) == '{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"add"}]}}'
 
 
 def test_listing_filter_handles_pretty_printed_and_empty_results() -> None:
     text = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "secret"}]}}, indent=2)
-    assert json.loads(listing_filter(1, "tools", keep_public)(text) or "")["result"]["tools"] == []
-    assert listing_filter(1, "tools", keep_public)(listing(1, [])) is None
+    assert json.loads(public_only(1)(text) or "")["result"]["tools"] == []
+    assert public_only(1)(listing(1, [])) is None
+
+
+def test_a_remembered_listing_is_judged_again_for_each_caller_and_gives_what_a_fresh_reading_gives() -> None:
+    shapes = ListingShapes()
+    names = ["add", "secret", "mul", "secret2", "div"]
+    text = listing(3, names, nextCursor="c")
+    for visible in ({"add", "mul"}, {"secret", "div"}, set(names), set()):
+        remembered = listing_filter(3, "tools", "name", hiding_all_but(visible), shapes)(text)
+        fresh = listing_filter(3, "tools", "name", hiding_all_but(visible))(text)
+        assert remembered == fresh
+        expected = None if visible == set(names) else listing(3, [n for n in names if n in visible], nextCursor="c")
+        assert remembered == expected
+    # The same listing under another request's id: the shape is the text from the list on, the id is not in it.
+    assert listing_filter(4, "tools", "name", secrets_hidden, shapes)(listing(4, names, nextCursor="c")) == listing(
+        4, ["add", "mul", "div"], nextCursor="c"
+    )
+
+
+def test_a_remembered_listing_is_not_read_with_another_name_key() -> None:
+    shapes = ListingShapes()
+    text = (
+        '{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"a://x","name":"secret"},{"uri":"a://y","name":"y"}]}}'
+    )
+    by_name = listing_filter(1, "resources", "name", secrets_hidden, shapes)(text)
+    by_uri = listing_filter(1, "resources", "uri", hiding_all_but({"a://x"}), shapes)(text)
+    assert by_name == '{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"a://y","name":"y"}]}}'
+    assert by_uri == '{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"a://x","name":"secret"}]}}'
+
+
+def test_listing_shapes_keep_no_more_text_than_their_bound() -> None:
+    shapes = ListingShapes(max_chars=20_000)
+    for count in range(1, 40):
+        text = listing(1, [f"tool{index}" for index in range(count)] + ["secret"])
+        filtered = json.loads(listing_filter(1, "tools", "name", secrets_hidden, shapes)(text) or "")
+        assert [tool["name"] for tool in filtered["result"]["tools"]] == [f"tool{index}" for index in range(count)]
+    kept = shapes._shapes
+    assert 0 < len(kept) < 39
+    assert kept.currsize <= 20_000
+    # Each counted as its result's text and as many filtered lists as it may keep.
+    assert all(size == len(result) * (1 + ListingShape.FILTERED_KEPT) for (_, _, result), (_, size) in kept.items())
 
 
 def test_rewrite_json_body_leaves_what_it_cannot_read() -> None:
@@ -247,7 +296,7 @@ def run_sse(rewriter: SSERewriter, stream: bytes, chunk_size: int) -> bytes:
 def test_sse_rewriter_filters_the_answer_whatever_the_chunking_and_line_endings(ending: str, chunk_size: int) -> None:
     notification = '{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}'
     stream = f": keepalive{ending}{ending}".encode() + sse(notification, listing(9, ["add", "secret"]), ending=ending)
-    out = run_sse(SSERewriter(listing_filter(9, "tools", keep_public)), stream, chunk_size)
+    out = run_sse(SSERewriter(public_only(9)), stream, chunk_size)
     expected = f": keepalive{ending}{ending}".encode() + sse(notification, listing(9, ["add"]), ending=ending)
     assert out == expected
 
@@ -262,20 +311,20 @@ def test_sse_rewriter_drops_the_events_a_rewrite_takes_out_whatever_the_chunking
 
 def test_sse_rewriter_passes_untouched_frames_byte_for_byte() -> None:
     stream = b"id: 1\r\nretry: 5\r\n\r\nevent: message\r\ndata:" + listing(1, ["add"]).encode() + b"\r\n\r\n"
-    assert run_sse(SSERewriter(listing_filter(1, "tools", keep_public)), stream, 3) == stream
+    assert run_sse(SSERewriter(public_only(1)), stream, 3) == stream
 
 
 def test_sse_rewriter_joins_multi_line_data_and_keeps_other_fields() -> None:
     text = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "secret"}, {"name": "add"}]}}, indent=1)
     frame = "id: 42\n" + "".join(f"data: {line}\n" for line in text.split("\n")) + "\n"
-    out = run_sse(SSERewriter(listing_filter(1, "tools", keep_public)), frame.encode(), 1).decode()
+    out = run_sse(SSERewriter(public_only(1)), frame.encode(), 1).decode()
     assert out.startswith("id: 42\ndata: ")
     data = "\n".join(line.removeprefix("data: ") for line in out.strip("\n").split("\n")[1:])
     assert json.loads(data)["result"]["tools"] == [{"name": "add"}]
 
 
 def test_sse_rewriter_returns_an_unterminated_tail_as_it_came() -> None:
-    rewriter = SSERewriter(listing_filter(1, "tools", keep_public))
+    rewriter = SSERewriter(public_only(1))
     tail = b"data: " + listing(1, ["secret"]).encode() + b"\r"
     assert rewriter.feed(tail) == b""
     assert rewriter.close() == tail
@@ -284,7 +333,7 @@ def test_sse_rewriter_returns_an_unterminated_tail_as_it_came() -> None:
 def test_sse_rewriter_filters_500_tools_fed_one_byte_at_a_time() -> None:
     names = [f"tool{i}" if i % 2 else f"secret{i}" for i in range(500)]
     stream = sse(listing(1, names))
-    out = run_sse(SSERewriter(listing_filter(1, "tools", keep_public)), stream, 1)
+    out = run_sse(SSERewriter(public_only(1)), stream, 1)
     data = out.decode().split("data: ", 1)[1].split("\r\n", 1)[0]
     assert [tool["name"] for tool in json.loads(data)["result"]["tools"]] == names[1::2]
     assert out == sse(listing(1, names[1::2]))

@@ -5,6 +5,7 @@ import secrets
 from collections.abc import Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from mcp_access_guard.jwks import JWKSCache, KeysUnavailable
@@ -77,6 +78,35 @@ async def test_random_kid_flood_costs_at_most_one_fetch_per_cooldown(issuer: Loc
     clock.advance(1)
     assert await cache.get(secrets.token_hex(16)) is None
     assert cache.fetch_count == 3
+    await cache.aclose()
+
+
+async def test_random_kids_arriving_while_the_waiters_of_a_fetch_drain_do_not_fetch_again(
+    issuer: LocalAccess, clock: ManualClock
+) -> None:
+    # A finished fetch hands its lock to each waiter in turn, so the lock still looks busy for a while after it; a
+    # made-up kid arriving then must still be held to the cooldown, not take the lock for a fetch of its own.
+    cache = cache_for(issuer, clock)
+    await cache.get(issuer.current_key.kid)
+    clock.advance(31)
+    issuer.fault = "slow"
+    issuer.slow_seconds = 0.2
+    asking = True
+
+    async def ask_random() -> None:
+        assert await cache.get(secrets.token_hex(16)) is None
+
+    async with anyio.create_task_group() as tasks:
+
+        async def keep_asking() -> None:
+            while asking:
+                tasks.start_soon(ask_random)
+                await anyio.lowlevel.checkpoint()
+
+        tasks.start_soon(keep_asking)
+        await anyio.sleep(0.7)
+        asking = False
+    assert cache.fetch_count == 2
     await cache.aclose()
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import inspect
 import typing
+from typing import Literal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, TextContent
 
@@ -44,6 +47,52 @@ def test_each_rule_part_decides_for_its_tool(rule: Rule, allowed: AccessIdentity
     assert not policy.allows("secret", refused)
     assert not policy.allows("secret", None)
     assert policy.allows("add", refused)
+
+
+# Few letters, so that generated domains and entries share suffixes often.
+_DOMAIN_TEXT = st.text(alphabet="ab.*", min_size=0, max_size=8)
+
+
+@given(entries=st.lists(_DOMAIN_TEXT.map(lambda text: "*." + text) | _DOMAIN_TEXT, max_size=6), domain=_DOMAIN_TEXT)
+def test_a_domain_matches_a_wildcard_entry_exactly_when_it_ends_with_its_suffix(
+    entries: list[str], domain: str
+) -> None:
+    # The definition, entry by entry; the rule looks up the domain's own suffixes instead.
+    expected = domain in entries or any(entry.startswith("*.") and domain.endswith(entry[1:]) for entry in entries)
+    assert Rule(email_domains=entries).matches(user(f"someone@{domain}")) is expected
+
+
+def test_wildcard_entries_match_subdomains_at_any_depth_but_not_the_domain_itself() -> None:
+    rule = Rule(email_domains=["*.Example.com"])
+    assert rule.matches(user("a@eng.example.com"))
+    assert rule.matches(user("a@x.eng.example.com"))
+    assert not rule.matches(user("a@example.com"))
+    assert not rule.matches(user("a@badexample.com"))
+    assert not rule.matches(user("a@example.com.evil.org"))
+
+
+_NAMES = st.sampled_from(["add", "secret", "café", "file:///a", "file:///{x}", "file:///b/c", "x://y"])
+_CALLERS = st.sampled_from([ALICE, BOB, ROBOT, None])
+_RULES = st.sampled_from(
+    [Rule(emails=["alice@example.com"]), Rule(groups=["admins"]), Rule(service_tokens=["88bf3b6d"])]
+)
+
+
+@given(
+    rules=st.dictionaries(_NAMES, _RULES, max_size=4),
+    default=st.sampled_from(["allow", "deny"]),
+    names=st.frozensets(_NAMES, max_size=7),
+    caller=_CALLERS,
+)
+def test_the_names_a_listing_hides_are_the_names_decide_refuses(
+    rules: dict[str, Rule], default: Literal["allow", "deny"], names: frozenset[str], caller: AccessIdentity | None
+) -> None:
+    policy = ToolPolicy(rules, default, prompts=rules, resources=rules)
+    for family in ("tool", "prompt", "resource"):
+        refused = frozenset(name for name in names if not policy.decide(family, name, caller)[0])
+        assert policy.hidden(family, names, caller) == refused
+        if policy.hides_nothing_from(family, caller):
+            assert not refused
 
 
 def test_default_deny_refuses_unlisted_tools_even_without_identity() -> None:

@@ -254,6 +254,74 @@ async def test_list_is_filtered_per_caller_with_a_correct_length(
         assert int(filtered.headers["content-length"]) == len(filtered.content)
 
 
+class RequestRecorder:
+    """Between the guard and the app: keeps the bodies the app was sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.bodies: list[Any] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        self.bodies.append(json.loads(message["body"]))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return message
+
+        await self.app(scope, replay, send)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("json_response", "stateless"), CONFIGS)
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+async def test_a_caller_who_may_see_every_tool_gets_the_listing_as_the_app_wrote_it(
+    json_response: bool, stateless: bool, era: Era
+) -> None:
+    options = {"json_response": json_response, "stateless": stateless}
+    recorder = RequestRecorder(mcp_server().streamable_http_app(json_response=json_response, stateless_http=stateless))
+    open_to_boss = ToolPolicy({"secret": Rule(emails=[BOSS]), "café": Rule(emails=[BOSS])})
+    async with raw(IdentityFromTestHeaders(ToolPolicyMiddleware(recorder, open_to_boss)), era, BOSS) as session:
+        listed = await session.call("tools/list")
+    async with raw(bare(mcp_server(), **options), era, BOSS) as session:
+        reference = await session.call("tools/list")
+    assert comparable(listed) == comparable(reference)
+    # Decided before the answer came: the app was asked under the caller's own id, so its answer needed no edit.
+    assert recorder.bodies[-1]["method"] == "tools/list"
+    assert recorder.bodies[-1]["id"] == session.next_id
+
+
+@pytest.mark.anyio
+async def test_a_listing_read_before_is_judged_afresh_for_each_caller_and_each_change() -> None:
+    mcp = mcp_server()
+    policy_ = policy()
+    app = IdentityFromTestHeaders(ToolPolicyMiddleware(mcp.streamable_http_app(), policy_))
+    async with serve(app) as url, httpx.AsyncClient(timeout=30) as client:
+        eve = await Raw(client, url, "modern", EVE).start()
+        boss = await Raw(client, url, "modern", BOSS).start()
+
+        async def names(session: Raw) -> list[str]:
+            return [tool["name"] for tool in result(await session.call("tools/list"))["tools"]]
+
+        for _ in range(2):
+            assert await names(eve) == ["add", "whoami", "size"]
+            assert await names(boss) == ["add", "whoami", "size", "secret", "café"]
+        # The policy changes: the listing text is the same, the answers are not.
+        policy_.rules["add"] = Rule(emails=[BOSS])
+        assert await names(eve) == ["whoami", "size"]
+        assert await names(boss) == ["add", "whoami", "size", "secret", "café"]
+        # The listing changes: a new text, read anew.
+        mcp.add_tool(lambda: "x", name="late", description="added while serving")
+        assert await names(eve) == ["whoami", "size", "late"]
+
+
 @pytest.mark.anyio
 async def test_service_token_rule_and_anonymous_callers() -> None:
     async with serve(guarded(mcp_server())) as url, httpx.AsyncClient() as client:

@@ -1,6 +1,7 @@
 """AccessVerifier: each accepted shape and each refusal, with the reason it gives. Keys come over real HTTP."""
 
 import base64
+import gc
 import json
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mcp_access_guard import AccessDenied, AccessVerifier
 from mcp_access_guard.testing import DROP, LocalAccess, SigningKey, b64url
+from mcp_access_guard.verifier import RECENT_IDENTITIES
 
 pytestmark = pytest.mark.anyio
 
@@ -366,6 +368,63 @@ async def test_cache_is_bounded(local_access: LocalAccess) -> None:
     assert len(verifier._verified) == 3
     assert (await verifier.verify(tokens[0])).email == "user0@example.com"
     await verifier.aclose()
+
+
+async def crowd_out(local_access: LocalAccess, verifier: AccessVerifier) -> None:
+    """Verify enough other callers that an earlier one is no longer among the recent identities."""
+    for n in range(RECENT_IDENTITIES):
+        await verifier.verify(local_access.user_token(f"crowd{n}@example.com"))
+
+
+async def test_a_caller_crowded_out_of_the_recent_identities_gets_an_equal_identity_back(
+    local_access: LocalAccess, verifier: AccessVerifier
+) -> None:
+    token = local_access.user_token("Alice@Example.com", groups=["eng"], claims={"custom": {"team": ["a", "b"]}})
+    first = await verifier.verify(token)
+    await crowd_out(local_access, verifier)
+    # Rebuilt from the cached token's own payload: equal in every field, and kept ready again.
+    again = await verifier.verify(token)
+    assert again is not first
+    assert again == first
+    assert dict(again.claims) == dict(first.claims)
+    assert again.claims["custom"] == {"team": ["a", "b"]}
+    assert again.token == token
+    assert await verifier.verify(token) is again
+
+
+async def test_a_crowded_out_token_is_never_served_past_exp_plus_leeway(local_access: LocalAccess) -> None:
+    verifier = AccessVerifier(local_access.config(leeway=0))
+    token = local_access.user_token(expires_in=3)
+    identity = await verifier.verify(token)
+    await crowd_out(local_access, verifier)
+    await anyio.sleep(identity.expires_at - time.time() + 0.05)
+    assert await refused(verifier, token) == "expired"
+    await verifier.aclose()
+
+
+async def test_a_crowded_out_token_whose_key_was_removed_is_refused(
+    local_access: LocalAccess, verifier: AccessVerifier
+) -> None:
+    old = local_access.current_key
+    token = local_access.user_token(key=old)
+    assert await verifier.verify(token)
+    await crowd_out(local_access, verifier)
+    local_access.rotate()
+    local_access.drop(old.kid)
+    await verifier.keys.refresh()
+    assert await refused(verifier, token) == "unknown_key"
+
+
+async def test_cached_tokens_past_the_recent_ones_hold_nothing_the_collector_walks(
+    local_access: LocalAccess, verifier: AccessVerifier
+) -> None:
+    # A full garbage collection walks every tracked object: thousands of cached identities would stall the event
+    # loop for as long as the mcp SDK's whole heap does. The cache's own entries must be flat.
+    await crowd_out(local_access, verifier)
+    gc.collect()
+    entries = list(verifier._verified.values())
+    assert len(entries) == RECENT_IDENTITIES
+    assert not [entry for entry in entries if gc.is_tracked(entry)]
 
 
 @pytest.mark.parametrize(

@@ -122,8 +122,9 @@ class JWKSCache:
             return
         fetches_done = self._fetches_done
         async with self._lock:
-            # A fetch that finished while we waited serves us too: one fetch for every waiter.
-            if self._fetches_done != fetches_done:
+            # A fetch that finished while we waited serves us too: one fetch for every waiter. The lock passes from
+            # waiter to waiter, so it can look busy after a fetch is over: the cooldown is judged again in here.
+            if self._fetches_done != fetches_done or self._in_cooldown(self._clock(), for_unknown_kid):
                 return
             self._last_fetch_for_unknown_kid = for_unknown_kid
             await self._fetch()

@@ -7,7 +7,7 @@ import inspect
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
 from mcp_types import CallToolResult, TextContent
@@ -32,6 +32,9 @@ class Rule:
     email_domains: frozenset[str]
     service_tokens: frozenset[str]
     groups: frozenset[str]
+    # Each "*.example.com" entry as the suffix it stands for (".example.com"): a caller's domain is matched by looking
+    # up its own few suffixes, not by trying every entry (a refusal would otherwise cost one test per entry).
+    _wildcard_suffixes: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -50,6 +53,8 @@ class Rule:
                 raise TypeError(f"Rule({name}=...) takes a list of strings, not one string: {name}=[{value!r}]")
         object.__setattr__(self, "emails", frozenset(e.strip().lower() for e in emails))
         object.__setattr__(self, "email_domains", frozenset(_domain_key(d) for d in email_domains))
+        wildcards = frozenset(domain[1:] for domain in self.email_domains if domain.startswith("*."))
+        object.__setattr__(self, "_wildcard_suffixes", wildcards)
         object.__setattr__(self, "service_tokens", frozenset(_client_id_key(c) for c in service_tokens))
         object.__setattr__(self, "groups", frozenset(groups))
 
@@ -63,11 +68,20 @@ class Rule:
             if identity.email in self.emails:
                 return True
             domain = identity.email.rpartition("@")[2]
-            if domain in self.email_domains or any(
-                pattern.startswith("*.") and domain.endswith(pattern[1:]) for pattern in self.email_domains
-            ):
+            if domain in self.email_domains or self._under_wildcard(domain):
                 return True
         return not self.groups.isdisjoint(identity.groups)
+
+    def _under_wildcard(self, domain: str) -> bool:
+        """Whether `domain` ends with the suffix of a "*." entry: each suffix of it that starts at a dot, looked up."""
+        if not self._wildcard_suffixes:
+            return False
+        dot = domain.find(".")
+        while dot != -1:
+            if domain[dot:] in self._wildcard_suffixes:
+                return True
+            dot = domain.find(".", dot + 1)
+        return False
 
 
 Default = Literal["allow", "deny"]
@@ -168,6 +182,22 @@ class ToolPolicy:
         """Whether this policy can refuse anything in `family`."""
         rules = self._rules_for(family)
         return rules is not None and (bool(rules) or self.default == "deny")
+
+    def hides_nothing_from(self, family: Family, identity: AccessIdentity | None) -> bool:
+        """Whether `decide` allows `identity` every name (or URI) of `family`: its listings have nothing to hide."""
+        rules = self._rules_for(family)
+        return rules is None or (self.default == "allow" and all(rule.matches(identity) for rule in rules.values()))
+
+    def hidden(self, family: Family, names: frozenset[str], identity: AccessIdentity | None) -> frozenset[str]:
+        """Which of `names` (one listing's) `decide` refuses to `identity`: one rule test per name that has a rule."""
+        rules = self._rules_for(family)
+        if rules is None:
+            return frozenset()
+        if family == "resource":
+            return frozenset(uri for uri in names if not self._decide_uri(rules, uri, identity)[0])
+        ruled = names & rules.keys()
+        matched = {name for name in ruled if rules[name].matches(identity)}
+        return frozenset((ruled if self.default == "allow" else names) - matched)
 
     def decide(self, family: Family, name: str, identity: AccessIdentity | None) -> tuple[bool, str]:
         """(allowed, machine-readable reason). A resource URI is judged by every rule whose URI or URI template could

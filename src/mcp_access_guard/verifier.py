@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -26,6 +25,7 @@ from .jws import (
     audiences_of,
     deny,
     is_text,
+    json_object,
     read_groups,
     shown,
     time_problems,
@@ -63,12 +63,14 @@ def _problems(
         yield ClaimProblem("malformed", "neither email nor common_name")
 
 
-@dataclass(frozen=True, slots=True)
-class _Verified:
-    identity: AccessIdentity
-    kid: str
-    key: RSAPublicKey
-    valid_until: float
+# A verified token's facts: the kid and key that checked its signature, and until when it stands. Text, a number and
+# a key the collector does not track: once a collection has seen the tuple it untracks it, so a full cache of these
+# costs every later garbage collection nothing (an identity is a dozen objects it would walk, 10,000 of them longer
+# than the mcp SDK's own heap).
+_Facts = tuple[str, RSAPublicKey, float]
+# Identities handed out to the most recent callers, kept ready so a returning caller costs a lookup; any other cached
+# token has its identity rebuilt from its own payload, already checked, without a signature check.
+RECENT_IDENTITIES = 256
 
 
 class AccessVerifier:
@@ -86,37 +88,51 @@ class AccessVerifier:
         )
         self._jws = JWSReader(self.keys, max_token_bytes=config.max_token_bytes)
         self._audiences = frozenset(config.audiences)
-        self._verified: LRUCache[str, _Verified] = LRUCache(maxsize=config.token_cache_size)
+        self._verified: LRUCache[str, _Facts] = LRUCache(maxsize=config.token_cache_size)
+        self._recent: LRUCache[str, tuple[AccessIdentity, _Facts]] = LRUCache(
+            maxsize=min(RECENT_IDENTITIES, config.token_cache_size)
+        )
 
     async def verify(self, token: str | None) -> AccessIdentity:
         if not token:
             deny("missing")
-        verified = self._verified.get(token)
-        if verified is not None:
-            # A cached token stands only until it expires, and while the key that signed it is still trusted.
-            if verified.valid_until > time.time() and await self._jws.key(verified.kid) is verified.key:
-                return verified.identity
-            self._verified.pop(token, None)
-        verified = await self._verify_uncached(token)
-        self._verified[token] = verified
-        return verified.identity
+        recent = self._recent.get(token)
+        if recent is not None:
+            if await self._still_stands(recent[1]):
+                return recent[0]
+        else:
+            facts = self._verified.get(token)
+            if facts is not None and await self._still_stands(facts):
+                identity = self._identity(token, json_object(token.split(".")[1], "payload"))
+                self._recent[token] = (identity, facts)
+                return identity
+        self._recent.pop(token, None)
+        self._verified.pop(token, None)
+        signed = await self._jws.read(token)
+        config = self.config
+        problem = next(_problems(signed.claims, config.issuer, self._audiences, config.leeway, time.time()), None)
+        if problem is not None:
+            raise AccessDenied(problem.reason, problem.detail)
+        identity = self._identity(token, signed.claims)
+        facts = (signed.kid, signed.key, identity.expires_at + config.leeway)
+        self._verified[token] = facts
+        self._recent[token] = (identity, facts)
+        return identity
 
     async def aclose(self) -> None:
         await self.keys.aclose()
 
-    async def _verify_uncached(self, token: str) -> _Verified:
-        signed = await self._jws.read(token)
-        claims = signed.claims
-        config = self.config
-        problem = next(_problems(claims, config.issuer, self._audiences, config.leeway, time.time()), None)
-        if problem is not None:
-            raise AccessDenied(problem.reason, problem.detail)
-        expires_at = int(claims["exp"])
+    async def _still_stands(self, facts: _Facts) -> bool:
+        # A cached token stands only until it expires, and while the key that signed it is still trusted.
+        kid, key, valid_until = facts
+        return valid_until > time.time() and await self._jws.key(kid) is key
+
+    def _identity(self, token: str, claims: dict[str, Any]) -> AccessIdentity:
         email = claims.get("email")
-        identity = AccessIdentity(
+        return AccessIdentity(
             subject=claims.get("sub") or "",
-            issuer=config.issuer,
-            expires_at=expires_at,
+            issuer=self.config.issuer,
+            expires_at=int(claims["exp"]),
             email=email.lower() if email else None,
             common_name=None if email else claims.get("common_name"),
             groups=read_groups(claims),
@@ -124,7 +140,6 @@ class AccessVerifier:
             claims=MappingProxyType(claims),
             token=token,
         )
-        return _Verified(identity, signed.kid, signed.key, valid_until=expires_at + config.leeway)
 
 
 __all__ = ["AccessDenied", "AccessVerifier", "ClaimProblem", "Reason", "claim_problems"]

@@ -25,6 +25,7 @@ from .bodies import (
 from .ids import GUARD_ID_PREFIX, MARKER, GuardId, caller_id_text, guard_ids_in, restore
 from .responses import (
     DROP_EVENT,
+    ListingShapes,
     Replacement,
     Rewrite,
     SSERewriter,
@@ -45,6 +46,7 @@ __all__ = [
     "ClientGone",
     "Edit",
     "GuardId",
+    "ListingShapes",
     "RejectedRequest",
     "Replacement",
     "Rewrite",

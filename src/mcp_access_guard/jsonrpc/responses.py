@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from cachetools import LRUCache
 
 from ._scanner import DECODER, member_starts, scan_value, skip_whitespace
 
@@ -24,15 +27,25 @@ def same_json_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def listing_filter(request_id: Any, list_key: str, keep: Callable[[Any], bool]) -> Rewrite:
-    """A rewrite that drops the entries of `result[list_key]` that `keep` refuses, in the response to `request_id`.
+Hidden = Callable[[frozenset[str]], frozenset[str]]
+"""Which of a listing's names the caller may not see."""
 
-    Only the dropped entries' bytes go; everything else (cursors, `_meta`, the server's own escaping) stays.
+
+def listing_filter(
+    request_id: Any, list_key: str, name_key: str, hidden: Hidden, shapes: ListingShapes | None = None
+) -> Rewrite:
+    """A rewrite that drops the entries of `result[list_key]` whose `name_key` is `hidden`, in the response to
+    `request_id`; an entry that is not an object with a string there is dropped too (nothing vouches for it).
+
+    Only the dropped entries' bytes go; everything else (cursors, `_meta`, the server's own escaping) stays. With
+    `shapes`, a listing answered the same way before is not decoded again.
     """
+    # The way servers write it, compactly, in this order: where `result` starts is then known without a scan.
+    usual_start = '{"jsonrpc":"2.0","id":' + json.dumps(request_id) + ',"result":'
 
     def rewrite(text: str) -> str | None:
         try:
-            return _filtered_listing(text, request_id, list_key, keep)
+            return _filtered_listing(text, request_id, usual_start, list_key, name_key, hidden, shapes)
         except (ValueError, IndexError, StopIteration):
             # Not the JSON-RPC response we are waiting for (a comment, a ping, another message shape).
             return None
@@ -40,37 +53,109 @@ def listing_filter(request_id: Any, list_key: str, keep: Callable[[Any], bool]) 
     return rewrite
 
 
-def _filtered_listing(text: str, request_id: Any, list_key: str, keep: Callable[[Any], bool]) -> str | None:
-    top = skip_whitespace(text, 0)
-    if not text.startswith("{", top):
-        return None
-    id_start, result_start = member_starts(text, top, ("id", "result"))
-    if id_start is None or not same_json_value(DECODER.raw_decode(text, id_start)[0], request_id):
-        return None
+def _filtered_listing(
+    text: str,
+    request_id: Any,
+    usual_start: str,
+    list_key: str,
+    name_key: str,
+    hidden: Hidden,
+    shapes: ListingShapes | None,
+) -> str | None:
+    if text.startswith(usual_start):
+        result_start: int | None = len(usual_start)
+    else:
+        top = skip_whitespace(text, 0)
+        if not text.startswith("{", top):
+            return None
+        id_start, result_start = member_starts(text, top, ("id", "result"))
+        if id_start is None or not same_json_value(DECODER.raw_decode(text, id_start)[0], request_id):
+            return None
     if result_start is None or not text.startswith("{", result_start):
         return None
-    start = member_starts(text, result_start, (list_key,))[0]
-    if start is None or text[start] != "[":
+    result = text[result_start:]
+    shape = _read_shape(result, list_key, name_key) if shapes is None else shapes.shape(result, list_key, name_key)
+    if shape is None:
         return None
-    # Each entry is decoded once, by the C scanner, to be judged; the loop around it is the per-entry overhead, so
+    entries = shape.filtered(hidden(shape.names))
+    if entries is None:
+        return None
+    return text[:result_start] + result[: shape.start] + entries + result[shape.close :]
+
+
+class ListingShape:
+    """A `result` holding a listing, read once: where the list is in it (its `[` and its `]`), where each entry is
+    and what it names (None when it is not an object with a string name); and the lists already written for the
+    sets of names hidden from callers so far (a few: a policy sorts its callers into few kinds)."""
+
+    __slots__ = ("_filtered", "_text", "close", "entries", "names", "start")
+    FILTERED_KEPT = 8
+
+    def __init__(self, start: int, entries: list[tuple[int, int, str | None]], close: int, text: str) -> None:
+        self.start = start
+        self.entries = entries
+        self.close = close
+        self.names = frozenset(name for _, _, name in entries if name is not None)
+        self._filtered: dict[frozenset[str], str | None] = {}
+        self._text = text
+
+    def filtered(self, hidden: frozenset[str]) -> str | None:
+        """The list without the entries `hidden` names or that name nothing, from its `[` up to (not with) its `]`;
+        None when that drops none."""
+        if hidden in self._filtered:
+            return self._filtered[hidden]
+        text = self._text
+        kept = [text[begin:end] for begin, end, name in self.entries if name is not None and name not in hidden]
+        filtered = None if len(kept) == len(self.entries) else "[" + ",".join(kept)
+        if len(self._filtered) >= self.FILTERED_KEPT:
+            self._filtered.clear()
+        self._filtered[hidden] = filtered
+        return filtered
+
+
+def _read_shape(result: str, list_key: str, name_key: str) -> ListingShape | None:
+    start = member_starts(result, 0, (list_key,))[0]
+    if start is None or result[start] != "[":
+        return None
+    # Each entry is decoded once, by the C scanner, to be named; the loop around it is the per-entry overhead, so
     # whitespace (rare: servers answer compactly) is tested for before the regex is called to skip it.
-    kept: list[str] = []
-    dropped = False
-    index = skip_whitespace(text, start + 1)
-    while text[index] != "]":
-        entry, end = scan_value(text, index)
-        if keep(entry):
-            kept.append(text[index:end])
-        else:
-            dropped = True
-        index = skip_whitespace(text, end) if text[end] in " \t\n\r" else end
-        if text[index] == ",":
+    entries: list[tuple[int, int, str | None]] = []
+    index = skip_whitespace(result, start + 1)
+    while result[index] != "]":
+        entry, end = scan_value(result, index)
+        name = entry.get(name_key) if isinstance(entry, dict) else None
+        entries.append((index, end, name if isinstance(name, str) else None))
+        index = skip_whitespace(result, end) if result[end] in " \t\n\r" else end
+        if result[index] == ",":
             index += 1
-            if text[index] in " \t\n\r":
-                index = skip_whitespace(text, index)
-    if not dropped:
-        return None
-    return text[:start] + "[" + ",".join(kept) + "]" + text[index + 1 :]
+            if result[index] in " \t\n\r":
+                index = skip_whitespace(result, index)
+    return ListingShape(start, entries, index, result)
+
+
+class ListingShapes:
+    """The listings answered lately, read, by the text of their `result`. A server answers an unchanged listing with
+    the same text every time, so its entries are decoded once, not once per caller: judging a listing then costs a
+    lookup and a set of the names hidden from the caller. Bounded by the text kept, `max_chars` characters in all.
+    Nothing here is a decision: which names are hidden is worked out for every answer."""
+
+    def __init__(self, max_chars: int = 8 * 2**20) -> None:
+        self._shapes: LRUCache[tuple[str, str, str], tuple[ListingShape | None, int]] = LRUCache(
+            maxsize=max_chars, getsizeof=lambda kept: kept[1]
+        )
+
+    def shape(self, result: str, list_key: str, name_key: str) -> ListingShape | None:
+        # By the keys too: the same text read for other keys is another listing.
+        key = (list_key, name_key, result)
+        known = self._shapes.get(key)
+        if known is not None:
+            return known[0]
+        shape = _read_shape(result, list_key, name_key)
+        # Counted as the text it holds at most: the result itself, and as many filtered lists as it keeps.
+        size = len(result) * (1 + ListingShape.FILTERED_KEPT)
+        if size <= self._shapes.maxsize:
+            self._shapes[key] = (shape, size)
+        return shape
 
 
 def rewrite_json_body(body: bytes, rewrite: Rewrite) -> bytes:

@@ -197,20 +197,7 @@ class CORSAllowlistMiddleware:
         # Exactly what Starlette's CORSMiddleware does to a response that is not a preflight: for an allowed Origin its
         # simple headers and the origin mirrored back, and `Vary: Origin` whether or not an Origin came.
         added = (_VARY_ORIGIN,) if origin is None else self._simple_headers[origin]
-
-        async def send_simple(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message["headers"] = [*message.get("headers", ())]  # a list, as Starlette leaves it
-                for name, _ in headers:
-                    if name in _SET_ON_RESPONSE:
-                        # The app set one of them itself: Starlette's replace-and-merge rules decide, as before.
-                        self._add_like_starlette(message, origin)
-                        break
-                else:
-                    headers += added
-            await send(message)
-
-        return send_simple
+        return _SimpleSend(self, origin, added, send)
 
     def _add_like_starlette(self, message: Message, origin: bytes | None) -> None:
         # Starlette's `CORSMiddleware.send`, for a request whose Origin (if any) is already known to be allowed.
@@ -235,3 +222,27 @@ class CORSAllowlistMiddleware:
             await send(message)
 
         return send_preflight
+
+
+class _SimpleSend:
+    """The `send` of a request that is not a preflight (see `CORSAllowlistMiddleware._simple_send`). One object, not
+    a closure and its cells: it lives as long as the request, and every such object is one more for the collector."""
+
+    __slots__ = ("_added", "_layer", "_origin", "_send")
+
+    def __init__(
+        self, layer: CORSAllowlistMiddleware, origin: bytes | None, added: tuple[tuple[bytes, bytes], ...], send: Send
+    ) -> None:
+        self._layer, self._origin, self._added, self._send = layer, origin, added, send
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = message["headers"] = [*message.get("headers", ())]  # a list, as Starlette leaves it
+            for name, _ in headers:
+                if name in _SET_ON_RESPONSE:
+                    # The app set one of them itself: Starlette's replace-and-merge rules decide, as before.
+                    self._layer._add_like_starlette(message, self._origin)
+                    break
+            else:
+                headers += self._added
+        await self._send(message)

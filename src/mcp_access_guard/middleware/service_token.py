@@ -162,30 +162,8 @@ class ServiceTokenMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-
-        # One pass over the raw headers (ASGI names are lower-case bytes): every value of each credential header, and
-        # the headers the app will get, without any of them.
-        shared_secrets: list[bytes] = []
-        client_ids: list[bytes] = []
-        client_secrets: list[bytes] = []
-        passed_on: list[tuple[bytes, bytes]] = []
-        removed, secret_header = self._removed_headers, self._secret_header  # locals: this loop runs per header
-        for name, value in scope["headers"]:
-            if name in removed:
-                if name == secret_header:
-                    shared_secrets.append(value)
-                elif name == _CLIENT_ID:
-                    client_ids.append(value)
-                else:
-                    client_secrets.append(value)
-            elif name.islower() or name.lower() not in removed:
-                # A name not in lower case breaks the ASGI rules; it is still not passed on if it names one of them.
-                passed_on.append((name, value))
-
         try:
-            if self._secret_digests:
-                self._check_shared_secret(shared_secrets)
-            client_id = self._check_client_credentials(client_ids, client_secrets) if self._credential_digests else None
+            passed_on, client_id = self._admit(scope["headers"])
         except _Refusal as refusal:
             log_decision(scope, layer=LAYER, decision="deny", reason=refusal.reason)
             body: dict[str, Any] = {"error": "forbidden"}
@@ -203,6 +181,35 @@ class ServiceTokenMiddleware:
         log_decision(scope, layer=LAYER, decision="allow", reason="client_credentials", principal=client_id)
         with bind_identity(scope, service_token_identity(client_id)):
             await self.app(scope, receive, send)
+
+    def _admit(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], str | None]:
+        """The headers the app will get, without any credential header, and the client id of a valid pair (None
+        when no pair came); raises `_Refusal`. Apart from `__call__`, so that what it reads is gone before the app
+        runs: a request keeps fewer objects alive for the collector."""
+        # One pass over the raw headers (ASGI names are lower-case bytes): every value of each credential header, and
+        # the headers the app will get, without any of them.
+        shared_secrets: list[bytes] = []
+        client_ids: list[bytes] = []
+        client_secrets: list[bytes] = []
+        passed_on: list[tuple[bytes, bytes]] = []
+        removed, secret_header = self._removed_headers, self._secret_header  # locals: this loop runs per header
+        for header in headers:
+            name = header[0]
+            if name in removed:
+                if name == secret_header:
+                    shared_secrets.append(header[1])
+                elif name == _CLIENT_ID:
+                    client_ids.append(header[1])
+                else:
+                    client_secrets.append(header[1])
+            elif name.islower() or name.lower() not in removed:
+                # A name not in lower case breaks the ASGI rules; it is still not passed on if it names one of them.
+                # The server's own pair is passed on, not a copy: the request holds one object fewer per header.
+                passed_on.append(header)
+        if self._secret_digests:
+            self._check_shared_secret(shared_secrets)
+        client_id = self._check_client_credentials(client_ids, client_secrets) if self._credential_digests else None
+        return passed_on, client_id
 
     def _check_shared_secret(self, values: list[bytes]) -> None:
         if not values:

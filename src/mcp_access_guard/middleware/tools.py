@@ -57,7 +57,6 @@ from mcp.shared.inbound import (
     encode_header_value,
 )
 from mcp_types import HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
-from starlette.datastructures import MutableHeaders
 from starlette.routing import Mount, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -72,6 +71,7 @@ from ..jsonrpc import (
     ClientGone,
     Edit,
     GuardId,
+    ListingShapes,
     RejectedRequest,
     Replacement,
     Rewrite,
@@ -164,6 +164,7 @@ class ToolPolicyMiddleware:
         self._ended_sessions: OrderedDict[str, None] = OrderedDict()
         self._streamed = StreamedAnswers()
         self._streams = OpenStreams()
+        self._listing_shapes = ListingShapes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -255,10 +256,13 @@ class ToolPolicyMiddleware:
             if caller_id is None:
                 return None  # a notification: no answer to filter
             principal = _principal(identity)
+            if self.policy.hides_nothing_from(listing.family, identity):
+                # Decided before the answer is read: it goes to the caller as the app wrote it, never decoded.
+                log_decision(scope, layer=LAYER, decision="allow", reason="listing_all_shown", principal=principal)
+                return None
             log_decision(scope, layer=LAYER, decision="allow", reason="listing_filtered", principal=principal)
             guard_id = GuardId.new(listing.kind, caller_id)
-            keep = self._keeper(listing, identity)
-            return self._rewritten(body, guard_id, [], rewrite=listing_filter(guard_id.text, listing.list_key, keep))
+            return self._rewritten(body, guard_id, [], rewrite=self._listing_filter(listing, guard_id, identity))
 
         refused = await self._refused(scope, message, method, identity)
         if not refused:
@@ -352,16 +356,13 @@ class ToolPolicyMiddleware:
             self.app, scope, method=method, list_key=listing.list_key, meta=meta, streamed=self._streamed
         )
 
-    def _keeper(self, listing: _Listing, identity: AccessIdentity | None) -> Callable[[Any], bool]:
-        decide = self.policy.decide  # called once per listed entry
-        family, name_key = listing.family, listing.name_key
+    def _listing_filter(self, listing: _Listing, guard_id: GuardId, identity: AccessIdentity | None) -> Rewrite:
+        family, policy = listing.family, self.policy
 
-        def keep(entry: Any) -> bool:
-            name = entry.get(name_key) if isinstance(entry, dict) else None
-            # An entry we cannot name is not one we can vouch for.
-            return isinstance(name, str) and decide(family, name, identity)[0]
+        def hidden(names: frozenset[str]) -> frozenset[str]:
+            return policy.hidden(family, names, identity)
 
-        return keep
+        return listing_filter(guard_id.text, listing.list_key, listing.name_key, hidden, self._listing_shapes)
 
     # -- GET: the session's own stream, and resumed ones -----------------------------------------------------------
 
@@ -396,8 +397,7 @@ class ToolPolicyMiddleware:
                         return DROP_EVENT
                 listing = _LISTING_KINDS.get(guard_id.kind)
                 if listing is not None:
-                    keep = self._keeper(listing, identity)
-                    rewritten = listing_filter(guard_id.text, listing.list_key, keep)(rewritten) or rewritten
+                    rewritten = self._listing_filter(listing, guard_id, identity)(rewritten) or rewritten
                 rewritten = restore(rewritten, guard_id)
             rewritten = MARKER.sub("", rewritten)
             return None if rewritten == text else rewritten
@@ -569,23 +569,25 @@ def _forwarded_headers(scope: Scope, verdict: _Verdict) -> list[tuple[bytes, byt
         replacements[_MCP_NAME] = encode_header_value(verdict.mcp_name).encode("latin-1")
     headers = []
     replaced = set()
-    for name, value in scope["headers"]:
+    for header in scope["headers"]:
+        name = header[0]
         if name == b"accept-encoding":
             continue  # an answer to rewrite must come back readable
         if name in replacements:
             if name in replaced:
-                continue  # one copy, as MutableHeaders keeps
+                continue  # one copy, as Starlette's MutableHeaders keeps
             replaced.add(name)
-            value = replacements[name]
-        headers.append((name, value))
+            header = (name, replacements[name])
+        headers.append(header)  # the server's own pair when unchanged: no copy to keep alive for the request
     return headers
 
 
-def _encoded(headers: MutableHeaders) -> bool:
+def _encoded(headers: list[tuple[bytes, bytes]]) -> bool:
     return any(
-        coding.strip().lower() not in ("", "identity")
-        for value in headers.getlist("content-encoding")
-        for coding in value.split(",")
+        coding.strip().lower() not in (b"", b"identity")
+        for name, value in headers
+        if name == b"content-encoding"
+        for coding in value.split(b",")
     )
 
 
@@ -651,8 +653,10 @@ class _Answer:
         if self._rewrite is None and not self._replacements:
             await self._send(message)
             return
-        headers = MutableHeaders(raw=list(message.get("headers", [])))
-        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        # The raw pairs read directly (names are lower-case bytes in ASGI): this runs for every rewritten answer.
+        headers = message.get("headers", [])
+        content_type = next((value for name, value in headers if name == b"content-type"), b"")
+        media_type = content_type.decode("latin-1").split(";")[0].strip().lower()
         streaming = media_type == "text/event-stream"
         if self._streams_only and not streaming:
             self._rewrite = None
@@ -664,14 +668,13 @@ class _Answer:
             self._dropping = True
             await _send_error(self._send, 502, INTERNAL_ERROR, "Bad Gateway: the server's answer could not be read")
             return
-        if streaming or "content-length" not in headers:
+        if streaming or not any(name == b"content-length" for name, _ in headers):
             if self._rewrite is not None and streaming:
                 self._sse = SSERewriter(self._rewrite)
             if self._replacements:
                 self._replace = StreamingReplace(self._replacements)
             if self._sse is not None or self._replace is not None:
-                del headers["content-length"]
-                message = {**message, "headers": headers.raw}
+                message = {**message, "headers": [header for header in headers if header[0] != b"content-length"]}
             await self._send(message)
             return
         if self._rewrite is None and not self._replacements:
@@ -698,9 +701,7 @@ class _Answer:
         if self._rewrite is not None:
             body = rewrite_json_body(body, self._rewrite)
         body = replace_all(body, self._replacements)
-        headers = MutableHeaders(raw=list(self._start.get("headers", [])))
-        headers["content-length"] = str(len(body))
-        await self._send({**self._start, "headers": headers.raw})
+        await self._send({**self._start, "headers": _with_length(self._start.get("headers", []), len(body))})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -729,3 +730,17 @@ def websocket_routes(app: object) -> list[str]:
         if inner is not None:
             pending.append((inner, prefix))
     return sorted(found)
+
+
+def _with_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    """`headers` with their Content-Length saying `length`: one copy, where the first was (as Starlette sets it)."""
+    value = str(length).encode("latin-1")
+    out = []
+    seen = False
+    for header in headers:
+        if header[0] == b"content-length":
+            if seen:
+                continue
+            seen, header = True, (b"content-length", value)
+        out.append(header)
+    return out
