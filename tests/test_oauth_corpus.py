@@ -594,6 +594,205 @@ def arrange_id_token(run: Run, case: dict[str, Any]) -> None:
         raise AssertionError(f"unknown keys event {keys!r}")
 
 
+async def front_channel_case(run: Run, case: dict[str, Any], log: CaseLog) -> None:
+    saas = run.site.saas
+    expect = case["expect"]
+    arrange_saas(run, case.get("saas", {}))
+    client = await run.new_client(**run.fill(case.get("client", {})))
+    pkce = Pkce()
+    browser = run.http()
+    params = run.authorize_params(client, pkce, **case.get("authorize", {}))
+    response = await browser.get(f"{run.site.url}/authorize?{with_extra(params, run.fill(case.get('authorize_extra')))}")
+    if expect["stage"] == "authorize":
+        await evaluate(run, response, expect, params, client, pkce, log)
+        return
+    assert response.status_code == 200, response.text
+    form = consent_form(response.text)
+    run.saw(*form.values())
+    for name, value in run.fill(case.get("consent", {})).items():
+        if value == DROP_MARK:
+            form.pop(name, None)
+        elif value == "<tamper>":
+            form[name] = tampered(form[name])
+        elif value == "<other_page>":
+            other = await browser.get(f"{run.site.url}/authorize?{urlencode(run.authorize_params(client, Pkce()))}")
+            form[name] = consent_form(other.text)[name]
+        else:
+            form[name] = value
+    poster = await other_browser(run, case.get("consent_browser", "same"), browser, client)
+    headers = {"Origin": run.site.url, **run.fill(case.get("consent_headers", {}))}
+    headers = {name: value for name, value in headers.items() if value != DROP_MARK}
+    logins_before = saas.hits["authorization"]
+    response = await post_consent(run, poster, form, headers, case)
+    if expect["stage"] == "consent":
+        await evaluate(run, response, expect, params, client, pkce, log)
+        if expect.get("access_contacted") is False:
+            assert saas.hits["authorization"] == logins_before, "Access was asked before the person approved"
+        return
+    assert response.status_code == 302, response.text
+    to_access = response.headers["location"]
+    assert leads_to(to_access, saas.authorization_url), to_access
+    back = await run.http().get(to_access)
+    assert back.status_code == 302, back.text
+    callback_url = back.headers["location"]
+    assert callback_url.startswith(f"{run.site.url}/oauth/callback?"), callback_url
+    run.saw(query_of(callback_url).get("code"), query_of(callback_url).get("state"))
+    callback_url = await mutated_callback(run, case, callback_url, client, browser)
+    if case.get("access_at_callback") == "down":
+        saas.go_down()
+    kind = case.get("callback_browser", "same")
+    caller = await other_browser(run, kind.removesuffix("_then_same"), browser, client)
+    if kind.endswith("_then_same"):
+        elsewhere = await caller.get(callback_url)
+        assert elsewhere.status_code == 403, elsewhere.text
+        caller = browser
+    response = await caller.get(callback_url)
+    await evaluate(run, response, expect, params, client, pkce, log)
+    if "replay" in expect:
+        again = await browser.get(callback_url)
+        assert again.status_code == expect["replay"], again.text
+        assert "location" not in again.headers
+
+
+def arrange_saas(run: Run, switches: Mapping[str, Any]) -> None:
+    saas = run.site.saas
+    for name, value in run.fill(dict(switches)).items():
+        if name == "user":
+            if value == "<none>":
+                saas.log_out()
+            else:
+                saas.login_as(value)
+        elif name == "allow":
+            saas.allow = Rule(emails=value)
+        elif name == "fault_endpoints":
+            saas.fault_endpoints = set(value)
+        else:
+            setattr(saas, name, value)
+
+
+def with_extra(params: Mapping[str, str], extra: list[list[str]] | None) -> str:
+    pairs = list(params.items()) + [(name, value) for name, value in (extra or [])]
+    return urlencode(pairs)
+
+
+def consent_form(html: str) -> dict[str, str]:
+    (form,) = [form for form in parse_forms(html) if form.method == "post" and "decision" in form.buttons]
+    assert form.action == "/consent"
+    return {**form.hidden, "decision": "approve"}
+
+
+def tampered(value: str) -> str:
+    """One character in the middle changed, within the base64url alphabet."""
+    middle = len(value) // 2
+    replacement = "A" if value[middle] != "A" else "B"
+    return value[:middle] + replacement + value[middle + 1 :]
+
+
+async def other_browser(run: Run, kind: str, same: httpx.AsyncClient, client: Client) -> httpx.AsyncClient:
+    """`same`, or a browser with no cookie of ours ("other"), or one with its own ("other_with_cookie": it
+    started a sign-in of its own first)."""
+    if kind == "same":
+        return same
+    browser = run.http()
+    if kind == "other_with_cookie":
+        own = await browser.get(f"{run.site.url}/authorize?{urlencode(run.authorize_params(client, Pkce()))}")
+        assert own.status_code == 200
+    elif kind != "other":
+        raise AssertionError(f"unknown browser {kind!r}")
+    return browser
+
+
+async def post_consent(
+    run: Run, browser: httpx.AsyncClient, form: dict[str, str], headers: dict[str, str], case: dict[str, Any]
+) -> httpx.Response:
+    url = f"{run.site.url}/consent"
+    method = case.get("consent_method", "POST")
+    if method == "GET":
+        return await browser.get(url, headers=headers)
+    body = case.get("consent_body")
+    if body is not None:
+        return await browser.post(
+            url, content=run.fill(body).encode(), headers={"Content-Type": case["consent_content_type"], **headers}
+        )
+    extra = run.fill(case.get("consent_extra"))
+    if extra:
+        encoded = with_extra(form, extra)
+        return await browser.post(
+            url, content=encoded, headers={"Content-Type": "application/x-www-form-urlencoded", **headers}
+        )
+    return await browser.post(url, data=form, headers=headers)
+
+
+async def mutated_callback(
+    run: Run, case: dict[str, Any], callback_url: str, client: Client, browser: httpx.AsyncClient
+) -> str:
+    changes = run.fill(case.get("callback", {}))
+    extra = run.fill(case.get("callback_extra"))
+    if not changes and not extra:
+        return callback_url
+    params = query_of(callback_url)
+    for name, value in changes.items():
+        if value == DROP_MARK:
+            params.pop(name, None)
+        elif value == "<tamper>":
+            params[name] = tampered(params[name])
+        elif value == "<other_login>":
+            params[name] = query_of(await callback_of_another_login(run, client, browser))[name]
+        else:
+            params[name] = value
+    return f"{callback_url.partition('?')[0]}?{with_extra(params, extra)}"
+
+
+async def callback_of_another_login(run: Run, client: Client, browser: httpx.AsyncClient) -> str:
+    """A second sign-in of the same client in the same browser, up to Access's redirect back to us (not loaded)."""
+    result = await walk(
+        f"{run.site.url}/authorize?{urlencode(run.authorize_params(client, Pkce()))}",
+        stop_at=f"{run.site.url}/oauth/callback",
+        http=browser,
+    )
+    run.saw(query_of(result.final_url).get("code"), query_of(result.final_url).get("state"))
+    return result.final_url
+
+
+async def evaluate(
+    run: Run,
+    response: httpx.Response,
+    expect: Mapping[str, Any],
+    params: Mapping[str, str],
+    client: Client,
+    pkce: Pkce,
+    log: CaseLog,
+) -> None:
+    """The answer is a page (expect.status, never a redirect), or a redirect back to the client carrying
+    expect.error, or our code (expect.code), which then redeems."""
+    if "status" in expect:
+        assert response.status_code == expect["status"], response.text
+        assert "location" not in response.headers
+    else:
+        assert response.status_code == 302, response.text
+        location = response.headers["location"]
+        back_to = params.get("redirect_uri", client.redirect_uri)
+        assert leads_to(location, back_to), location
+        answer = query_of(location)
+        assert answer["iss"] == run.site.url
+        state = params.get("state")
+        if state is not None and len(state) <= 1024:
+            assert answer["state"] == state
+        else:
+            assert "state" not in answer
+        if expect.get("code"):
+            assert "error" not in answer, answer
+            run.saw(answer["code"])
+            form = {"grant_type": "authorization_code", "code": answer["code"], "code_verifier": pkce.verifier}
+            exchanged = await run.token(client, {**form, "redirect_uri": back_to})
+            assert exchanged.status_code == 200, exchanged.text
+            assert (await run.bearer(exchanged.json()["access_token"]))[0] == 200
+        else:
+            assert "code" not in answer, answer
+            assert answer["error"] == expect["error"]
+    assert_reason(log, expect)
+
+
 def assert_reason(log: CaseLog, expect: Mapping[str, Any]) -> None:
     reason = expect.get("reason")
     if reason is not None:
@@ -602,7 +801,7 @@ def assert_reason(log: CaseLog, expect: Mapping[str, Any]) -> None:
 
 # -- the runner -------------------------------------------------------------------------------------------------------
 
-RUNNERS = {"redirect_uris": redirect_uri_case, "id_tokens": id_token_case}
+RUNNERS = {"redirect_uris": redirect_uri_case, "id_tokens": id_token_case, "front_channel": front_channel_case}
 
 
 def allowed_5xx(case: dict[str, Any]) -> set[int]:
