@@ -377,6 +377,8 @@ class Run:
             form["client_id"] = client.client_id
         elif how == "post_wrong_secret":
             form.update(client_id=client.client_id, client_secret="mag_cs_" + secrets.token_urlsafe(32))
+        elif how.startswith("post_secret:"):
+            form.update(client_id=client.client_id, client_secret=how.removeprefix("post_secret:"))
         elif how in ("basic", "basic_and_post", "basic_other_form_id"):
             headers["Authorization"] = basic(client.client_id, secret)
             if how == "basic_and_post":
@@ -793,6 +795,103 @@ async def evaluate(
     assert_reason(log, expect)
 
 
+@dataclass
+class Grant:
+    """What a client holds after signing in: its code and verifier, and every token pair issued so far."""
+
+    client: Client
+    code: str = ""
+    verifier: str = ""
+    access: list[str] = field(default_factory=list)
+    refresh: list[str] = field(default_factory=list)
+
+
+async def token_endpoint_case(run: Run, case: dict[str, Any], log: CaseLog) -> None:
+    fields = {"grant_types": case["grant_types"]} if "grant_types" in case else {}
+    grants = {"client": Grant(await run.new_client(method=case.get("client", "none"), **fields))}
+    if "other_client" in case:
+        grants["other"] = Grant(await run.new_client(method=case["other_client"]))
+    for grant in grants.values():
+        pkce = Pkce()
+        grant.code, grant.verifier = (await run.login(grant.client, pkce))["code"], pkce.verifier
+    previous: dict[str, Any] | None = None
+    for number, step in enumerate(case["steps"], 1):
+        response = await token_step(run, grants, step)
+        expect = step["expect"]
+        where = f"step {number} ({step['do']})"
+        assert response.status_code == expect["status"], f"{where}: {response.status_code} {response.text}"
+        if "error" in expect:
+            assert response.json()["error"] == expect["error"], f"{where}: {response.text}"
+        if expect.get("challenge"):
+            assert response.headers["www-authenticate"].startswith(expect["challenge"]), where
+        if expect.get("same_as_previous"):
+            assert previous is not None
+            assert response.json() == previous, f"{where}: not the answer given before"
+        if response.status_code == 200 and step["do"] in ("exchange", "refresh"):
+            previous = response.json()
+            holder = grants[step.get("as", "client")]
+            holder.access.append(previous["access_token"])
+            holder.refresh.append(previous["refresh_token"])
+        assert_reason(log, expect)
+
+
+async def token_step(run: Run, grants: dict[str, Grant], step: dict[str, Any]) -> httpx.Response:
+    kind = step["do"]
+    own = grants["client"]
+    caller = grants[step.get("as", "client")].client  # who authenticates
+
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = run.fill(value)
+        for name, grant in grants.items():
+            prefix = "" if name == "client" else "other_"
+            value = value.replace(f"{{{prefix}code}}", grant.code).replace(f"{{{prefix}client_id}}", grant.client.client_id)
+            for index, token in enumerate(grant.access, 1):
+                value = value.replace(f"{{{prefix}access:{index}}}", token)
+            for index, token in enumerate(grant.refresh, 1):
+                value = value.replace(f"{{{prefix}refresh:{index}}}", token)
+        return value
+
+    overrides = {name: resolve(value) for name, value in step.get("form", {}).items()}
+    auth = step.get("auth")
+    if auth == "secret_of_other":
+        auth = f"post_secret:{grants['other'].client.secret}"
+    if kind == "bearer":
+        status, _ = await run.bearer(resolve(step["token"]))
+        return httpx.Response(status)
+    if kind == "saas":
+        if step.get("down"):
+            run.site.saas.go_down()
+        if step.get("up"):
+            run.site.saas.come_back()
+        arrange_saas(run, step.get("switches", {}))
+        return httpx.Response(200)
+    if kind == "raw":
+        body = resolve(step["body"])
+        return await run.http().request(
+            step.get("method", "POST"),
+            f"{run.site.url}/token",
+            content=body.encode(step.get("encoding", "utf-8")),
+            headers={"Content-Type": step.get("content_type", "application/x-www-form-urlencoded")},
+        )
+    if kind == "exchange":
+        form = {
+            "grant_type": "authorization_code",
+            "code": own.code,
+            "code_verifier": own.verifier,
+            "redirect_uri": own.client.redirect_uri,
+        }
+        return await run.token(caller, {**form, **overrides}, auth)
+    if kind == "refresh":
+        token = resolve(step["token"]) if "token" in step else own.refresh[-1]
+        form = {"grant_type": "refresh_token", "refresh_token": token}
+        return await run.token(caller, {**form, **overrides}, auth)
+    if kind == "revoke":
+        return await run.token(caller, {"token": resolve(step["token"]), **overrides}, auth, path="/revoke")
+    raise AssertionError(f"unknown step {kind!r}")
+
+
 def assert_reason(log: CaseLog, expect: Mapping[str, Any]) -> None:
     reason = expect.get("reason")
     if reason is not None:
@@ -801,7 +900,12 @@ def assert_reason(log: CaseLog, expect: Mapping[str, Any]) -> None:
 
 # -- the runner -------------------------------------------------------------------------------------------------------
 
-RUNNERS = {"redirect_uris": redirect_uri_case, "id_tokens": id_token_case, "front_channel": front_channel_case}
+RUNNERS = {
+    "redirect_uris": redirect_uri_case,
+    "id_tokens": id_token_case,
+    "front_channel": front_channel_case,
+    "token_endpoint": token_endpoint_case,
+}
 
 
 def allowed_5xx(case: dict[str, Any]) -> set[int]:
