@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import json
 import logging
 import secrets
@@ -283,6 +284,7 @@ class Run:
                 "{other_port}": str(self.other_port),
                 "{issuer}": self.site.saas.issuer,
                 "{saas_client_id}": self.site.saas.client_id,
+                "{docs_port}": str(urlsplit(self.documents.base).port),
                 "{docs}": self.documents.base,
                 "{doc}": self.doc_url,
             }
@@ -892,6 +894,65 @@ async def token_step(run: Run, grants: dict[str, Grant], step: dict[str, Any]) -
     raise AssertionError(f"unknown step {kind!r}")
 
 
+async def client_metadata_case(run: Run, case: dict[str, Any], log: CaseLog) -> None:
+    expect = case["expect"]
+    documents = run.documents
+    path = urlsplit(run.doc_url).path
+    publish_document(run, case, path)
+    documents.delay = case.get("delay", 0.0)
+    try:
+        client_id = run.fill(case.get("client_id", "{doc}"))
+        redirect_uri = run.fill(case.get("redirect_uri", CLIENT_REDIRECT))
+        client = Client(client_id, [redirect_uri], "none", None)
+        pkce = Pkce()
+        params = run.authorize_params(client, pkce)
+        browser = run.http()
+        response = await browser.get(f"{run.site.url}/authorize?{urlencode(params)}")
+    finally:
+        documents.delay = 0.0
+    if expect.get("fetched") is False:
+        assert documents.hits.get(path, 0) == 0, "the document was fetched"
+    if not expect["accepted"]:
+        assert response.status_code == 400, response.text
+        assert "location" not in response.headers
+        assert_reason(log, expect)
+        return
+    assert response.status_code == 200, response.text
+    assert f"The app is described at</dt><dd>{urlsplit(client_id).netloc}" in response.text
+    run.redirect_targets.append(redirect_uri)
+    result = await walk(f"{run.site.url}/authorize?{urlencode(params)}", stop_at=redirect_uri, http=browser)
+    answer = query_of(result.final_url)
+    assert "code" in answer, answer
+    run.saw(answer["code"])
+    form = {"grant_type": "authorization_code", "code": answer["code"], "code_verifier": pkce.verifier}
+    exchanged = await run.token(client, {**form, "redirect_uri": redirect_uri})
+    assert exchanged.status_code == 200, exchanged.text
+
+
+def publish_document(run: Run, case: dict[str, Any], path: str) -> None:
+    """This case's document at its own path, as the case shapes it (a fresh path: nothing cached)."""
+    document: dict[str, Any] = {
+        "client_id": run.doc_url,
+        "client_name": "Document client",
+        "redirect_uris": [CLIENT_REDIRECT],
+    }
+    for name, value in run.fill(case.get("document", {})).items():
+        if value == DROP_MARK:
+            document.pop(name, None)
+        else:
+            document[name] = value
+    if "size" in case:
+        unpadded = len(json.dumps({**document, "padding": ""}).encode())
+        document["padding"] = "x" * (case["size"] - unpadded)
+    raw: bytes | None = None
+    if "raw" in case:
+        raw = run.fill(case["raw"]).encode()
+    elif case.get("gzip"):
+        raw = gzip.compress(json.dumps(document).encode())
+    headers = run.fill(case.get("headers", {}))
+    run.documents.publish(path, document, status=case.get("status", 200), headers=headers, raw=raw)
+
+
 def assert_reason(log: CaseLog, expect: Mapping[str, Any]) -> None:
     reason = expect.get("reason")
     if reason is not None:
@@ -905,6 +966,7 @@ RUNNERS = {
     "id_tokens": id_token_case,
     "front_channel": front_channel_case,
     "token_endpoint": token_endpoint_case,
+    "client_metadata": client_metadata_case,
 }
 
 
