@@ -113,7 +113,7 @@ async def test_the_printed_url_signs_the_sdk_client_in_and_the_printed_entry_nam
 def test_the_printed_inspector_command_signs_in_through_the_browser(inspector: Path, tmp_path: Path) -> None:
     browser = tmp_path / "browser"
     # What the Inspector opens the authorization URL with (through xdg-open and $BROWSER): the scripted browser.
-    browser.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(BROWSER))} \"$@\"\n")
+    browser.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(BROWSER))} "$@"\n')
     browser.chmod(browser.stat().st_mode | stat.S_IXUSR)
     server = start_dev_oauth(tmp_path)
     try:

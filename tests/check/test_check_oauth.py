@@ -81,9 +81,7 @@ def test_a_working_configuration_passes_and_says_what_clients_see(
     assert lines(out, "FAIL") == []
 
 
-def test_an_issuer_that_discovery_contradicts_fails(
-    deployment: Deployment, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_issuer_that_discovery_contradicts_fails(deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
     deployment.saas.discovery_issuer = "https://other.cloudflareaccess.com/cdn-cgi/access/sso/oidc/x"
     status, out = run(capsys, deployment)
     assert status == 1
@@ -248,9 +246,7 @@ async def test_a_service_token_given_in_oauth_mode_is_still_tested(
 ) -> None:
     client_secret = secrets.token_hex(32)
     monkeypatch.setenv("CF_ACCESS_CLIENT_SECRET", client_secret)
-    status, out = await run_in_thread(
-        capsys, deployment, "--url", f"{guarded}/mcp", "--client-id", "robot.access"
-    )
+    status, out = await run_in_thread(capsys, deployment, "--url", f"{guarded}/mcp", "--client-id", "robot.access")
     assert client_secret not in out
     assert "OAuth mode test of" in out
     assert "service token test of" in out
