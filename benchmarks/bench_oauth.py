@@ -73,7 +73,7 @@ class HTTPPlan:
     callers: tuple[int, ...]
 
 
-STACK_FULL, STACK_QUICK = Plan(rounds=20, warmup=3, iterations=5000), Plan(rounds=6, warmup=1, iterations=500)
+STACK_FULL, STACK_QUICK = Plan(rounds=60, warmup=5, iterations=1000), Plan(rounds=12, warmup=2, iterations=500)
 LOOKUP_FULL, LOOKUP_QUICK = Plan(rounds=12, warmup=2, iterations=500), Plan(rounds=4, warmup=1, iterations=100)
 TOKEN_FULL, TOKEN_QUICK = Plan(rounds=8, warmup=1, iterations=200), Plan(rounds=3, warmup=1, iterations=50)
 HTTP_FULL, HTTP_QUICK = HTTPPlan(rounds=3, seconds=3.0, callers=(1, 10, 100)), HTTPPlan(1, 1.0, (1, 10, 100))
