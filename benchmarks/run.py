@@ -26,6 +26,7 @@ from pathlib import Path
 
 import bench_floods
 import bench_http
+import bench_oauth
 import bench_peers
 import bench_store
 from bench_common import Figure, Section
@@ -157,6 +158,8 @@ async def collect(quick: bool) -> list[Section]:
     sections += await bench_floods.collect(quick)
     print("floods done", file=sys.stderr, flush=True)
     sections += await bench_store.collect(quick)
+    print("store done", file=sys.stderr, flush=True)
+    sections += await bench_oauth.collect(quick)
     return sections
 
 

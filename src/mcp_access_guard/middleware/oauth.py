@@ -4,6 +4,7 @@ turns `Authorization: Bearer` into the same identity the Access JWT layer gives.
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 from cachetools import LRUCache
@@ -83,9 +84,10 @@ class OAuthBearerMiddleware:
 
     The identity is bound exactly as the Access JWT layer binds it (`current_identity()`, the mcp SDK's auth
     context, `scope["state"]`), with `oauth_client_id` set; the Authorization header is removed before the app.
-    Token lookups are cached for `cache_ttl` seconds (at most `cache_size` tokens): that is how long a grant revoked
-    by another process stays usable here; one revoked by this process is dropped at once. `cache_ttl=0` turns the
-    cache off.
+    Token lookups are cached for up to `cache_ttl` seconds (at most `cache_size` tokens; each entry a random part of
+    a quarter less, so that entries made together do not expire together): that is how long a grant revoked by
+    another process stays usable here; one revoked by this process is dropped at once. `cache_ttl=0` turns the cache
+    off.
 
     No token: 401 with `WWW-Authenticate: Bearer resource_metadata=...`. A bad, expired or revoked token: 401 with
     `error="invalid_token"` (`invalid_request` for a malformed header). Refused by `allow`: 403. Store down: 503.
@@ -174,7 +176,9 @@ class OAuthBearerMiddleware:
             if time.monotonic() < look_again_at:
                 return grant
         grant = await self.server.authenticate_bearer(token)
-        cache[token] = (grant, time.monotonic() + self._cache_ttl)
+        # Up to a quarter less, at random: entries made together (clients reconnecting at once) would otherwise all
+        # go back to the store together, every cache_ttl, and queue there.
+        cache[token] = (grant, time.monotonic() + self._cache_ttl * (1 - random.random() / 4))  # noqa: S311
         return grant
 
     async def _refuse(self, status: int, scope: Scope, receive: Receive, send: Send, error: str | None = None) -> None:
