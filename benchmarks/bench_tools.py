@@ -124,18 +124,29 @@ async def compare(
     )
 
 
+def listing_answer(body: bytes) -> bytes | None:
+    """The guard asks the app for its tool listing once, to know its tools' names: a trivial app answers that too."""
+    message = json.loads(body)
+    if message.get("method") != "tools/list":
+        return None
+    return json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {"tools": [{"name": "add"}]}}).encode()
+
+
 async def answer_ok(scope: Scope, receive: Receive, send: Send) -> None:
-    await receive()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-    await send({"type": "http.response.body", "body": b"{}"})
+    answer = listing_answer((await receive())["body"]) or b"{}"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]})
+    await send({"type": "http.response.body", "body": answer})
 
 
 async def memory_while_inspecting_4_mib() -> None:
     async def drain(scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
-        assert len(message["body"]) > 4_000_000
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
+        answer = listing_answer(message["body"]) if len(message["body"]) < 1000 else None
+        assert answer is not None or len(message["body"]) > 4_000_000
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer or b""))]}
+        )
+        await send({"type": "http.response.body", "body": answer or b""})
 
     text = "x" * (DEFAULT_MAX_BODY_BYTES - 300)
     scope, body = request("tools/call", {"name": "add", "arguments": {"text": text}}, "add")

@@ -1,5 +1,6 @@
 """A scripted browser for OAuth mode: it walks an authorization URL as a person's browser would, following redirects
-(to Access's login and back), keeping cookies, and answering the consent page by pressing one of its two buttons.
+(to Access's login and back), keeping cookies, and answering the consent page by pressing one of its two buttons
+(with the Origin header a browser would send).
 
 Used by the tests as a library (`walk`) and, for external clients such as mcp-remote and the Inspector, as the
 program `$BROWSER` names: `python oauth_browser.py URL` walks to the client's own callback and loads it, as the real
@@ -14,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -80,15 +81,15 @@ async def walk(
     client = http or httpx.AsyncClient(timeout=30)
     visited: list[str] = []
     consent_pages = 0
-    method, data = "GET", None
+    method, data, headers = "GET", None, {}
     response: httpx.Response | None = None
     try:
         for _ in range(MAX_STEPS):
             if stop_at is not None and url.startswith(stop_at):
                 return Walk(url, visited, consent_pages, response)
             visited.append(url)
-            response = await client.request(method, url, data=data, follow_redirects=False)
-            method, data = "GET", None
+            response = await client.request(method, url, data=data, headers=headers, follow_redirects=False)
+            method, data, headers = "GET", None, {}
             if response.is_redirect:
                 url = urljoin(url, response.headers["location"])
                 continue
@@ -102,11 +103,21 @@ async def walk(
             if decision not in form.buttons["decision"]:
                 raise AssertionError(f"the consent page has no {decision!r} button: {form.buttons}")
             method, data = "POST", {**form.hidden, "decision": decision}
+            headers = {"Origin": _form_origin(url, response)}
             url = urljoin(url, form.action or url)
         raise AssertionError(f"more than {MAX_STEPS} steps: {visited}")
     finally:
         if own:
             await client.aclose()
+
+
+def _form_origin(page_url: str, page: httpx.Response) -> str:
+    """The Origin a browser sends with a form POST from this page: `null` under the page's `no-referrer` policy (as
+    Chromium does), its own origin otherwise."""
+    if page.headers.get("referrer-policy", "").strip().lower() == "no-referrer":
+        return "null"
+    parts = urlsplit(page_url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def _main(url: str) -> int:

@@ -1,4 +1,5 @@
-"""The pure pieces under the tool-policy layer: bounded bodies, strict parsing, and JSON/SSE response rewriting."""
+"""The pieces under the tool-policy layer: bounded bodies, strict parsing, edits, the guard's own request ids, and
+JSON/SSE response rewriting."""
 
 from __future__ import annotations
 
@@ -9,19 +10,27 @@ import pytest
 from starlette.types import Message
 
 from mcp_access_guard.jsonrpc import (
+    DROP_EVENT,
+    GUARD_ID_PREFIX,
     ClientGone,
+    GuardId,
     RejectedRequest,
     SSERewriter,
     StreamingReplace,
+    apply_edits,
+    caller_id_text,
     error_body,
+    guard_ids_in,
+    item_spans,
     listing_filter,
-    mark_string,
-    marker_remover,
     parse_json_body,
     read_body,
+    replace_all,
     replaying,
+    restore,
     rewrite_json_body,
     same_json_value,
+    string_mark,
     value_span,
 )
 
@@ -141,18 +150,24 @@ def test_value_span_finds_nested_values_past_decoys() -> None:
     assert value_span("{}", ("id",)) is None
 
 
-def test_mark_string_changes_only_the_named_string() -> None:
+def mark(text: str, path: tuple[str, ...], marker: str, *, prefix: bool) -> str:
+    span = value_span(text, path)
+    assert span is not None
+    return apply_edits(text, [string_mark(text, span, marker, prefix=prefix)])
+
+
+def test_string_mark_changes_only_the_named_string() -> None:
     text = '{"method":"tools/call","params":{"name":"s\\u00e9cret","arguments":{"name":"secret"}}}'
-    marked = mark_string(text, ("params", "name"), "-m1", prefix=False)
+    marked = mark(text, ("params", "name"), "-m1", prefix=False)
     assert marked == text.replace('"s\\u00e9cret"', '"s\\u00e9cret-m1"')
     assert json.loads(marked)["params"]["name"] == "sécret-m1"
-    front = mark_string('{"params":{"uri":"file:///a"}}', ("params", "uri"), "m1", prefix=True)
+    front = mark('{"params":{"uri":"file:///a"}}', ("params", "uri"), "m1", prefix=True)
     assert json.loads(front)["params"]["uri"] == "m1file:///a"
 
 
-def test_mark_string_refuses_a_non_string() -> None:
-    with pytest.raises(ValueError, match="no string"):
-        mark_string('{"params":{"name":5}}', ("params", "name"), "m", prefix=False)
+def test_string_mark_refuses_a_non_string() -> None:
+    with pytest.raises(ValueError, match="not a JSON string"):
+        mark('{"params":{"name":5}}', ("params", "name"), "m", prefix=False)
 
 
 def test_same_json_value_keeps_json_types_apart() -> None:
@@ -206,8 +221,10 @@ def test_listing_filter_handles_pretty_printed_and_empty_results() -> None:
     assert listing_filter(1, "tools", keep_public)(listing(1, [])) is None
 
 
-def test_rewrite_json_body_and_marker_remover() -> None:
-    remove = marker_remover("-m1")
+def test_rewrite_json_body_leaves_what_it_cannot_read() -> None:
+    def remove(text: str) -> str | None:
+        return text.replace("-m1", "") if "-m1" in text else None
+
     assert rewrite_json_body(b'{"text":"Unknown tool: secret-m1"}', remove) == b'{"text":"Unknown tool: secret"}'
     assert rewrite_json_body(b'{"text":"ok"}', remove) == b'{"text":"ok"}'
     assert rewrite_json_body(b"\xff-m1", remove) == b"\xff-m1"
@@ -233,6 +250,14 @@ def test_sse_rewriter_filters_the_answer_whatever_the_chunking_and_line_endings(
     out = run_sse(SSERewriter(listing_filter(9, "tools", keep_public)), stream, chunk_size)
     expected = f": keepalive{ending}{ending}".encode() + sse(notification, listing(9, ["add"]), ending=ending)
     assert out == expected
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 10_000])
+def test_sse_rewriter_drops_the_events_a_rewrite_takes_out_whatever_the_chunking(chunk_size: int) -> None:
+    ours, theirs = listing("guards-own", ["add"]), listing(3, ["add"])
+    stream = b": ping\r\n\r\n" + sse(theirs, ours, theirs)
+    rewriter = SSERewriter(lambda text: DROP_EVENT if '"guards-own"' in text else None)
+    assert run_sse(rewriter, stream, chunk_size) == b": ping\r\n\r\n" + sse(theirs, theirs)
 
 
 def test_sse_rewriter_passes_untouched_frames_byte_for_byte() -> None:
@@ -268,6 +293,83 @@ def test_sse_rewriter_filters_500_tools_fed_one_byte_at_a_time() -> None:
 @pytest.mark.parametrize("chunk_size", [1, 3, 5, 1000])
 def test_streaming_replace_removes_a_marker_split_across_chunks(chunk_size: int) -> None:
     stream = b"data: Unknown tool: secret-m-123 and -m- -m-12 secret-m-123\r\n\r\n"
-    replace = StreamingReplace(b"-m-123")
+    replace = StreamingReplace([(b"-m-123", b"")])
     out = b"".join(replace.feed(stream[i : i + chunk_size]) for i in range(0, len(stream), chunk_size))
     assert out + replace.close() == stream.replace(b"-m-123", b"")
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 7, 64, 10_000])
+def test_streaming_replace_makes_several_replacements_in_order_whatever_the_chunking(chunk_size: int) -> None:
+    guard_id = GuardId.new("x", '"req-1"')
+    text = (
+        f'data: {{"id":{guard_id.json},"result":{{"content":[{{"text":"Unknown tool: secret{guard_id.marker}'
+        f' (request {guard_id.text})"}}]}}}}\r\n\r\n'
+    ).encode()
+    replace = StreamingReplace(guard_id.restorations())
+    out = b"".join(replace.feed(text[i : i + chunk_size]) for i in range(0, len(text), chunk_size)) + replace.close()
+    assert out == b'data: {"id":"req-1","result":{"content":[{"text":"Unknown tool: secret (request req-1)"}]}}\r\n\r\n'
+    assert out == replace_all(text, guard_id.restorations())
+
+
+# -- the guard's own request ids -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1, "1"),
+        (-7, "-7"),
+        (0, "0"),
+        (10**127, str(10**127)),
+        ("1", '"1"'),
+        ("", '""'),
+        ("req 1/a:b{}", '"req 1/a:b{}"'),
+        ("x" * 126, '"' + "x" * 126 + '"'),
+    ],
+)
+def test_caller_id_text_is_what_every_encoder_writes(value: Any, text: str) -> None:
+    assert caller_id_text(value) == text
+    assert json.loads(text) == value
+    assert json.dumps(value) == text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1.0, 1.5, True, False, None, [1], {"a": 1}, "x" * 127, "caf\u00e9", 'a"b', "a\\b", "a\nb", "\x7f", 10**128],
+)
+def test_caller_id_text_refuses_ids_that_could_be_written_two_ways_or_are_too_long(value: Any) -> None:
+    assert caller_id_text(value) is None
+
+
+def test_a_guard_id_is_unique_and_carries_its_kind_and_the_callers_id() -> None:
+    first, second = GuardId.new("t", "100"), GuardId.new("t", "100")
+    assert first.text != second.text
+    assert first.text.startswith(GUARD_ID_PREFIX)
+    assert first.marker != second.marker
+    text = f'{{"id":{first.json},"note":"see {second.text}"}}'
+    assert guard_ids_in(text) == [first, second]
+    assert restore(text, first) == f'{{"id":100,"note":"see {second.text}"}}'
+    assert restore(restore(text, first), second) == '{"id":100,"note":"see 100"}'
+
+
+def test_guard_ids_in_skips_what_only_looks_like_one() -> None:
+    bogus_caller = GUARD_ID_PREFIX + "t" + "0" * 32 + ":" + b"1.5".hex() + ":"
+    no_caller = GUARD_ID_PREFIX + "t" + "0" * 32 + "::"
+    short_nonce = GUARD_ID_PREFIX + "t" + "0" * 31 + ":" + b"1".hex() + ":"
+    assert guard_ids_in(f"{bogus_caller} {no_caller} {short_nonce}") == []
+
+
+# -- finding and editing values ----------------------------------------------------------------------------------
+
+
+def test_item_spans_and_edits_change_only_what_they_name() -> None:
+    text = '{"params" : {"notifications":{"resourceSubscriptions": [ "a://1" ,"b://\\u0032", 7 ]}}, "id":5}'
+    spans = item_spans(text, ("params", "notifications", "resourceSubscriptions"))
+    assert [text[start:end] for start, end in spans] == ['"a://1"', '"b://\\u0032"', "7"]
+    edits = [string_mark(text, span, "-m", prefix=True) for span in spans[:2]]
+    id_span = value_span(text, ("id",))
+    assert id_span is not None
+    edited = apply_edits(text, [*edits, (*id_span, '"mine"')])
+    assert edited == text.replace('"a://1"', '"-ma://1"').replace('"b://', '"-mb://').replace('"id":5', '"id":"mine"')
+    assert item_spans(text, ("params", "missing")) == []
+    assert item_spans('{"params":{"x":"[1]"}}', ("params", "x")) == []

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount
 from starlette.types import Message, Receive, Scope, Send
 
-from mcp_access_guard.middleware.paths import PathAllowlistMiddleware
+from mcp_access_guard.middleware.paths import PathAllowlistMiddleware, parse_allow_entry
 from mcp_access_guard.testing import serve
 from support import INITIALIZE, MCP_ACCEPT, RecordingApp, send_request
 
@@ -59,7 +59,7 @@ BYPASS_CORPUS = [
     pytest.param(b"/mcp/extra", 404, id="below-exact"),
     pytest.param(b"/health/", 404, id="health-trailing-slash"),
     pytest.param(b"/docs", 404, id="subtree-root-itself"),
-    pytest.param(b"/docs/", 404, id="subtree-root-slash"),
+    pytest.param(b"/docs/", 200, id="subtree-root-slash"),
     pytest.param(b"/docsx/a", 404, id="subtree-sibling"),
     pytest.param(b"//mcp", 404, id="double-slash-leading"),
     pytest.param(b"/mcp//", 404, id="double-slash-trailing"),
@@ -237,3 +237,35 @@ async def test_websocket_is_checked_like_http() -> None:
 def test_ambiguous_allow_list_entries_are_rejected(entry: str) -> None:
     with pytest.raises(ValueError, match="not a whole, normalised path"):
         PathAllowlistMiddleware(EchoApp(), allow=(entry,))
+
+
+# The documented setting for the older HTTP+SSE transport: exactly its stream and its message endpoint.
+SSE_CORPUS = [
+    pytest.param(b"/sse", 200, id="stream"),
+    pytest.param(b"/messages/", 200, id="messages"),
+    pytest.param(b"/messages/?session_id=0123456789abcdef0123456789abcdef", 200, id="messages-with-session"),
+    pytest.param(b"/messages", 404, id="messages-without-slash"),
+    pytest.param(b"/messages/x", 404, id="below-messages"),
+    pytest.param(b"/messages//", 404, id="messages-double-slash"),
+    pytest.param(b"/messages/.", 404, id="messages-dot"),
+    pytest.param(b"/Messages/", 404, id="messages-case"),
+    pytest.param(b"/messages%2f", 404, id="messages-encoded-slash"),
+    pytest.param(b"/sse/", 404, id="stream-trailing-slash"),
+    pytest.param(b"/sse/../messages/", 404, id="dotdot-from-stream"),
+    pytest.param(b"/mcp", 404, id="streamable-endpoint-not-listed"),
+]
+
+
+@pytest.mark.parametrize(("target", "expected"), SSE_CORPUS)
+async def test_the_sse_setting_admits_exactly_the_stream_and_the_message_endpoint(target: bytes, expected: int) -> None:
+    async with serve(PathAllowlistMiddleware(EchoApp(), allow=("/sse", "/messages/"))) as url:
+        assert (await send_request(url, target)).status == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"), [(b"/messages/", 200), (b"/messages/x", 200), (b"/messages", 404), (b"/messagesx/", 404)]
+)
+async def test_a_subtree_entry_admits_its_own_directory_too(target: bytes, expected: int) -> None:
+    assert parse_allow_entry("/messages/*") == ("/messages/", True)
+    async with serve(PathAllowlistMiddleware(EchoApp(), allow=("/messages/*",))) as url:
+        assert (await send_request(url, target)).status == expected

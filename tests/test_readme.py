@@ -107,10 +107,18 @@ async def test_python_block(block: Block, issuer_env: LocalAccess) -> None:
         public_name = {"Host": "mcp.example.com"} if "mcp.example.com" in block.code else {}
         async with serve(namespace["app"]) as url, httpx.AsyncClient() as http:
             headers = {**MCP_HEADERS, **public_name, "Cf-Access-Jwt-Assertion": issuer_env.user_token()}
-            assert (await http.post(f"{url}/mcp", json=INITIALIZE, headers=headers)).status_code == 200
-            assert (
-                await http.post(f"{url}/mcp", json=INITIALIZE, headers={**headers, "Cf-Access-Jwt-Assertion": ""})
-            ).status_code == 401
+            if ".sse_app(" in block.code:
+                # The HTTP+SSE transport: the event stream opens and names the endpoint to post to.
+                async with http.stream("GET", f"{url}/sse", headers=headers) as stream:
+                    assert stream.status_code == 200
+                    assert (await anext(stream.aiter_lines())) == "event: endpoint"
+                refused = await http.get(f"{url}/sse", headers={**headers, "Cf-Access-Jwt-Assertion": ""})
+                assert refused.status_code == 401
+            else:
+                assert (await http.post(f"{url}/mcp", json=INITIALIZE, headers=headers)).status_code == 200
+                assert (
+                    await http.post(f"{url}/mcp", json=INITIALIZE, headers={**headers, "Cf-Access-Jwt-Assertion": ""})
+                ).status_code == 401
         ran += 1
     for name, function in namespace.items():
         if name.startswith("test_") and callable(function):

@@ -1,8 +1,9 @@
 """A request corpus for every layer, sent raw to ONE full stack over real uvicorn (issue 7, item 3).
 
 Each case lives in a data file under `tests/corpus/requests/` (one TOML file per family) with its expected status and
-outcome written next to it. The stack is `guard()` with every layer on, around a real `MCPServer`; a counting wrapper
-between the stack and the app says whether a request reached the app. Requests are written to a socket byte for
+outcome written next to it. The stack is `guard()` with every layer on, around a real `MCPServer` (stateless, JSON
+answers; the `sessions` family's stack is stateful, with event-stream answers and a session alice opened); a counting
+wrapper between the stack and the app says whether a request reached the app. Requests are written to a socket byte for
 byte, so nothing a client library would normalise (header case, repeats, odd targets, bad bodies) is lost.
 
 Case format (all keys but `name`, `why` and `expect` optional):
@@ -28,7 +29,8 @@ Case format (all keys but `name`, `why` and `expect` optional):
                            answered_early (refused before the body was sent), secret_reached_app (default false)
 
 Placeholders `{secret}`, `{secret_b}`, `{token}`, `{boss_token}`, `{robot_token}`, `{expired_token}`,
-`{forged_token}`, `{client_id}`, `{client_secret}` are filled in at run time: no credential is written in a file.
+`{forged_token}`, `{client_id}`, `{client_secret}` (and, in the `sessions` family, `{session}`) are filled in at run
+time: no credential is written in a file.
 
 The SDK's own Host/Origin check (on by default for a loopback `host`) is turned off and this library's CORS layer
 checks Host instead, with `allowed_hosts` set: otherwise the SDK would refuse every allowed browser Origin
@@ -45,11 +47,14 @@ import socket
 import time
 import tomllib
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+import httpx
 import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -63,7 +68,7 @@ from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import DROP, LocalAccess, SigningKey, serve
 
 CORPUS = Path(__file__).parent / "corpus" / "requests"
-FAMILIES = ("paths", "origin_host", "credentials", "jsonrpc")
+FAMILIES = ("paths", "origin_host", "credentials", "jsonrpc", "sessions")
 
 # Test-only credentials (module-level names with SECRET in them are scanned for in the suite's log by conftest.py).
 SHARED_SECRETS = ("corpus-tunnel-secret-4f1c2a9e7b", "corpus-tunnel-secret-next-8d03b6")
@@ -112,6 +117,7 @@ def test_corpus_is_complete_and_well_formed() -> None:
     assert counts["origin_host"] >= 30
     assert counts["jsonrpc"] >= 60
     assert counts["credentials"] >= 30
+    assert counts["sessions"] >= 8
     names = [f"{case['family']}:{case['name']}" for case in ALL_CASES]
     assert len(names) == len(set(names)), "case names must be unique within a family"
     for case in ALL_CASES:
@@ -122,7 +128,7 @@ def test_corpus_is_complete_and_well_formed() -> None:
 # -- the stack -------------------------------------------------------------------------------------------------------
 
 
-def mcp_app() -> ASGIApp:
+def mcp_app(*, stateful: bool = False, json_response: bool = False) -> ASGIApp:
     mcp = MCPServer("corpus")
 
     @mcp.tool()
@@ -150,9 +156,16 @@ def mcp_app() -> ASGIApp:
     def echo(text: str) -> str:
         return text
 
+    if stateful:
+
+        @mcp.tool()
+        async def slow() -> str:
+            await anyio.sleep(0.5)
+            return "done"
+
     return mcp.streamable_http_app(
-        json_response=True,
-        stateless_http=True,
+        json_response=json_response or not stateful,
+        stateless_http=not stateful,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
 
@@ -189,16 +202,32 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 async def stack() -> AsyncIterator[Stack]:
+    async with open_stack(stateful=False) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+async def session_stack() -> AsyncIterator[Stack]:
+    """The stateful stack, with a session alice opened: `{session}` in the `sessions` family's cases."""
+    async with open_stack(stateful=True) as opened:
+        opened.values["session"] = await open_session(opened, "token")
+        yield opened
+
+
+@asynccontextmanager
+async def open_stack(*, stateful: bool, json_response: bool = False) -> AsyncIterator[Stack]:
     with LocalAccess() as issuer:
         config = GuardConfig(
             access=issuer.config(),
             cors=CORSSettings(allowed_hosts=ALLOWED_HOSTS),
             service_token=ServiceTokenSettings(secrets=SHARED_SECRETS, client_credentials={CLIENT_ID: CLIENT_SECRET}),
             tools=ToolPolicy(
-                {"secret": Rule(emails=[BOSS]), "café": Rule(emails=[BOSS]), "echo": Rule(service_tokens=["robot"])}
+                {"secret": Rule(emails=[BOSS]), "café": Rule(emails=[BOSS]), "echo": Rule(service_tokens=["robot"])},
+                prompts={"briefing": Rule(emails=[BOSS])},
+                resources={"users://{user_id}/profile": Rule(emails=[BOSS])},
             ),
         )
-        counting = CountingApp(mcp_app())
+        counting = CountingApp(mcp_app(stateful=stateful, json_response=json_response))
         tokens = {
             "token": issuer.user_token("alice@example.com"),
             "boss_token": issuer.user_token(BOSS),
@@ -220,6 +249,33 @@ async def stack() -> AsyncIterator[Stack]:
         }
         async with serve(guard(counting, config)) as url:
             yield Stack(url, counting, issuer, values, list(tokens.values()))
+
+
+def session_headers(stack: Stack, token: str, session: str | None = None) -> dict[str, str]:
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": "2025-06-18",
+        "Cf-Access-Guard-Secret": stack.values["secret"],
+        "Cf-Access-Jwt-Assertion": stack.values[token],
+    }
+    return headers if session is None else {**headers, "Mcp-Session-Id": session}
+
+
+async def open_session(stack: Stack, token: str) -> str:
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    async with httpx.AsyncClient() as client:
+        opened = await client.post(stack.url + "/mcp", json=initialize, headers=session_headers(stack, token))
+        session: str = opened.headers["mcp-session-id"]
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        done = await client.post(stack.url + "/mcp", json=initialized, headers=session_headers(stack, token, session))
+        assert done.status_code == 202
+    return session
 
 
 # -- raw requests ----------------------------------------------------------------------------------------------------
@@ -421,7 +477,10 @@ def assert_no_credentials(texts: list[str], stack: Stack) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("case", corpus_params())
-async def test_request_corpus(stack: Stack, case: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+async def test_request_corpus(
+    stack: Stack, session_stack: Stack, case: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = session_stack if case["family"] == "sessions" else stack
     caplog.set_level(logging.DEBUG)
     request = build(case, stack.values)
     hits, credentials_seen = stack.app.hits, stack.app.credential_headers_seen
@@ -453,3 +512,30 @@ async def drip_while_serving_others(stack: Stack, request: Request) -> Response:
     response = await dripping
     assert others_done - started < time.monotonic() - started
     return response
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("json_response", [True, False], ids=["json", "sse"])
+async def test_a_request_in_flight_when_its_session_ends_is_not_answered_5xx(json_response: bool) -> None:
+    # In JSON mode the SDK answers a request whose session is ended under it 500 ("Session terminated before the
+    # request completed"). The client ended it: the guard answers what a request for an ended session gets, 404.
+    call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
+    async with open_stack(stateful=True, json_response=json_response) as opened, httpx.AsyncClient() as client:
+        session = await open_session(opened, "token")
+        headers = session_headers(opened, "token", session)
+        answers: dict[str, httpx.Response] = {}
+
+        async def slow_call() -> None:
+            answers["call"] = await client.post(opened.url + "/mcp", json=call, headers=headers)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(slow_call)
+            await anyio.sleep(0.2)
+            answers["delete"] = await client.delete(opened.url + "/mcp", headers=headers)
+        after = await client.post(opened.url + "/mcp", json=call, headers=headers)
+    assert answers["delete"].status_code == 200
+    assert answers["call"].status_code < 500, answers["call"].text
+    if json_response:
+        assert answers["call"].status_code == 404
+        assert answers["call"].json()["error"] == {"code": -32600, "message": "Session not found"}
+    assert after.status_code == 404

@@ -146,6 +146,7 @@ def test_layers_can_be_left_out_only_explicitly(local_access: LocalAccess) -> No
     from mcp_access_guard.middleware.access import AccessJWTMiddleware
     from mcp_access_guard.middleware.cors import CORSAllowlistMiddleware
     from mcp_access_guard.middleware.paths import PathAllowlistMiddleware
+    from mcp_access_guard.middleware.sse import SSESessionMiddleware
 
     app = MCPServer("x").streamable_http_app()
     full = guard(app, GuardConfig(access=local_access.config()))
@@ -154,7 +155,9 @@ def test_layers_can_be_left_out_only_explicitly(local_access: LocalAccess) -> No
     # With no shared secret configured, that layer's place only takes the service-token headers off.
     assert isinstance(full.app.app, DropServiceTokenHeaders)
     assert isinstance(full.app.app.app, AccessJWTMiddleware)
-    assert full.app.app.app.app is app
+    # Behind the credential layer, HTTP+SSE sessions are bound to their callers whatever the app serves.
+    assert isinstance(full.app.app.app.app, SSESessionMiddleware)
+    assert full.app.app.app.app.app is app
     bare = guard(app, GuardConfig(access=local_access.config(), paths=None, cors=None))
     assert isinstance(bare, DropServiceTokenHeaders)
     assert isinstance(bare.app, AccessJWTMiddleware)

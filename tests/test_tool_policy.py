@@ -10,7 +10,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, TextContent
 
 from mcp_access_guard.identity import AccessIdentity, bind_identity
-from mcp_access_guard.policy import Rule, ToolPolicy
+from mcp_access_guard.policy import Rule, ToolPolicy, UriPattern
 
 
 def user(email: str, *, groups: tuple[str, ...] = ()) -> AccessIdentity:
@@ -88,6 +88,65 @@ def test_prompts_and_resources_are_covered_only_when_given() -> None:
     assert bare.covers("tool")
     assert not bare.covers("prompt")
     assert bare.decide("resource", "file:///x", None) == (True, "not_covered")
+
+
+# -- resources by URI and URI template ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "users://alice/profile",
+        "users://a%6Cice/profile",  # percent-encoded in a variable
+        "users%3A%2F%2Falice%2Fprofile",  # and in the literals
+        "USERS://alice/Profile",  # servers lower-case schemes; literals are matched in any case
+        "users://alice/profile?view=full",  # FastMCP ignores the query
+        "users://alice/profile#top",
+        "users://a/b/c/profile",  # a variable may hold `/` (the SDK decodes %2F inside one)
+        "users:///profile",  # or nothing
+        "users://{id}/profile",  # a template that spells the same thing, in listings and completions
+    ],
+)
+def test_a_template_key_covers_every_spelling_of_every_uri_it_could_match(uri: str) -> None:
+    policy = ToolPolicy(resources={"users://{user_id}/profile": Rule(emails=["alice@example.com"])})
+    assert policy.decide("resource", uri, BOB) == (False, "rule_not_matched")
+    assert policy.decide("resource", uri, ALICE) == (True, "rule_matched")
+
+
+@pytest.mark.parametrize(
+    "uri", ["users://alice/profile/x", "users://alice/profil", "users:/alice/profile", "news://alice/profile", ""]
+)
+def test_a_template_key_leaves_other_uris_to_the_default(uri: str) -> None:
+    policy = ToolPolicy(resources={"users://{user_id}/profile": Rule(emails=["alice@example.com"])})
+    assert policy.decide("resource", uri, BOB) == (True, "default_allow")
+
+
+def test_an_exact_uri_key_covers_its_other_spellings_too() -> None:
+    policy = ToolPolicy(resources={"file:///payroll": Rule(groups=["admins"])})
+    for uri in ("file:///payroll", "FILE:///PAYROLL", "file:///pay%72oll", "file:///payroll?x=1", "file:///payroll#a"):
+        assert not policy.allows_resource(uri, ALICE), uri
+    assert policy.allows_resource("file:///payrolls", ALICE)
+
+
+def test_every_rule_that_could_apply_to_a_uri_must_match_the_caller() -> None:
+    policy = ToolPolicy(
+        resources={"docs://{path}": Rule(email_domains=["example.com"]), "docs://hr/{file}": Rule(groups=["admins"])}
+    )
+    assert policy.allows_resource("docs://public/readme", ALICE)
+    assert not policy.allows_resource("docs://hr/salaries", ALICE)  # the HR rule refuses alice
+    assert not policy.allows_resource("docs://hr/salaries", BOB)  # the docs rule refuses bob
+    assert policy.decide("resource", "docs://hr/salaries", user("carol@example.com", groups=("admins",)))[0]
+
+
+def test_uri_patterns_find_literals_left_to_right() -> None:
+    assert UriPattern("a{x}aa").matches("aaa")
+    assert not UriPattern("a{x}aa").matches("aa")
+    assert UriPattern("{+path}").matches("anything://at/all")
+    assert UriPattern("x{a}{b}y").matches("xy")
+    assert UriPattern("s://{a}/m/{b}/e").matches("s://1/m/m/2/e")
+    assert not UriPattern("s://{a}/m/{b}/e").matches("s://1/m/2")
+    # Many expressions over a long URI that almost matches: literals are found once each, no backtracking.
+    assert not UriPattern("{a}x" * 50 + "y").matches("x" * 100_000)
 
 
 def test_from_mapping_reads_what_a_toml_table_gives() -> None:

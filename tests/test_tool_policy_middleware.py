@@ -757,3 +757,95 @@ async def test_a_lower_case_post_is_inspected_too() -> None:
     await ToolPolicyMiddleware(folding_app, policy())(scope, receive, send)
     (forwarded,) = received
     assert json.loads(forwarded)["params"]["name"].startswith("secret-denied-")
+
+
+# -- answers the layer cannot read -------------------------------------------------------------------------------------
+
+
+class AlwaysGzip:
+    """Compresses every answer of the app, whatever the request accepts (as a misconfigured proxy or app might)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message = {}
+        body = bytearray()
+
+        async def collect(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    compressed = gzip.compress(bytes(body))
+                    headers = [(k, v) for k, v in start["headers"] if k not in (b"content-length", b"content-encoding")]
+                    headers += [(b"content-encoding", b"gzip"), (b"content-length", str(len(compressed)).encode())]
+                    await send({**start, "headers": headers})
+                    await send({"type": "http.response.body", "body": compressed})
+
+        await self.app(scope, receive, collect)
+
+
+@pytest.mark.anyio
+async def test_an_app_that_compresses_is_asked_for_answers_it_does_not_compress() -> None:
+    from starlette.middleware.gzip import GZipMiddleware
+
+    def compressing() -> ASGIApp:
+        return GZipMiddleware(mcp_server(tool_count=20).streamable_http_app(), minimum_size=1)
+
+    gzip_accepted = {"Accept-Encoding": "gzip"}
+    async with raw(IdentityFromTestHeaders(compressing()), "modern") as session:
+        unguarded = await session.call("tools/list", None, **gzip_accepted)
+    # Read unseen, the listing would reach the caller unfiltered, under the guard's id.
+    assert unguarded.headers["content-encoding"] == "gzip"
+    async with raw(IdentityFromTestHeaders(ToolPolicyMiddleware(compressing(), policy())), "modern") as session:
+        listed = await session.call("tools/list", None, **gzip_accepted)
+        denied = await session.call("tools/call", {"name": "secret", "arguments": {}}, **gzip_accepted)
+    assert "content-encoding" not in listed.headers
+    assert "secret" not in {tool["name"] for tool in result(listed)["tools"]}
+    assert messages(listed)[-1]["id"] == session.next_id - 1
+    assert result(denied)["content"][0]["text"] == "Unknown tool: secret"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("json_response", [True, False])
+async def test_an_answer_compressed_anyway_is_refused_where_it_must_be_rewritten(json_response: bool) -> None:
+    def guarded_app() -> ASGIApp:
+        app = AlwaysGzip(mcp_server().streamable_http_app(json_response=json_response))
+        return IdentityFromTestHeaders(ToolPolicyMiddleware(app, policy()))
+
+    async with raw(guarded_app(), "modern") as session:
+        listed = await session.call("tools/list")
+        denied = await session.call("tools/call", {"name": "secret", "arguments": {}})
+        # A name without a rule needs the app's listing, which cannot be read either: refused like an unknown one.
+        added = await session.call("tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}})
+    for response in (listed, denied, added):
+        refused(response, 502, -32603)
+        assert b"mcp-access-guard" not in response.content
+    async with raw(guarded_app(), "modern", BOSS) as session:
+        allowed = await session.call("tools/call", {"name": "secret", "arguments": {}})
+    # An answer the guard has nothing to change in is not its to judge: it passes as the app sent it.
+    assert allowed.headers["content-encoding"] == "gzip"
+    assert result(allowed)["content"][0]["text"] == "the launch codes"
+
+
+@pytest.mark.anyio
+async def test_a_kind_of_connection_the_layer_does_not_know_never_reaches_the_app() -> None:
+    reached: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["type"])
+
+    async def receive() -> Message:
+        return {"type": "webtransport.connect"}
+
+    async def send(message: Message) -> None:
+        reached.append(message["type"])
+
+    await ToolPolicyMiddleware(app, policy())({"type": "webtransport", "path": "/mcp", "headers": []}, receive, send)
+    assert reached == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
@@ -106,7 +107,8 @@ class ToolPolicy:
     """Who may call, see and read which tool (and, when given rules for them, which prompt and resource).
 
     A name with a rule is allowed to callers the rule matches; a name without one follows `default`. Prompts and
-    resources are covered only when their mapping is given (resources by URI, or by URI template in listings).
+    resources are covered only when their mapping is given; a resource key is a URI or an RFC 6570 URI template, and
+    a template's rule covers every URI it could match (reads, subscriptions, listings and completions alike).
     With no identity, no rule matches, so rule-protected names are denied and default-allowed ones stay allowed.
     """
 
@@ -168,14 +170,25 @@ class ToolPolicy:
         return rules is not None and (bool(rules) or self.default == "deny")
 
     def decide(self, family: Family, name: str, identity: AccessIdentity | None) -> tuple[bool, str]:
-        """(allowed, machine-readable reason)."""
+        """(allowed, machine-readable reason). A resource URI is judged by every rule whose URI or URI template could
+        match it (see `UriPattern`); it is allowed only if each of them matches the caller."""
         rules = self._rules_for(family)
         if rules is None:
             return True, "not_covered"
+        if family == "resource":
+            return self._decide_uri(rules, name, identity)
         rule = rules.get(name)
         if rule is None:
             return self.default == "allow", f"default_{self.default}"
         if rule.matches(identity):
+            return True, "rule_matched"
+        return False, "no_identity" if identity is None else "rule_not_matched"
+
+    def _decide_uri(self, rules: dict[str, Rule], uri: str, identity: AccessIdentity | None) -> tuple[bool, str]:
+        applicable = [rule for key, rule in rules.items() if key == uri or uri_pattern(key).matches(uri)]
+        if not applicable:
+            return self.default == "allow", f"default_{self.default}"
+        if all(rule.matches(identity) for rule in applicable):
             return True, "rule_matched"
         return False, "no_identity" if identity is None else "rule_not_matched"
 
@@ -238,3 +251,57 @@ def _unknown_tool_result(tool_name: str) -> CallToolResult:
     # MCPServer passes a returned CallToolResult through as is: the same result it builds for a name it does not
     # know. Raising instead would be wrapped as "Error executing tool NAME: ...", which gives the tool away.
     return CallToolResult(content=[TextContent(type="text", text=f"Unknown tool: {tool_name}")], is_error=True)
+
+
+_EXPRESSION = re.compile(r"\{[^{}]*\}")
+
+
+class UriPattern:
+    """What URIs a policy key (a URI, or an RFC 6570 URI template) could stand for, at any server.
+
+    Servers match templates their own ways (the SDK by an RFC 6570 scan, FastMCP by a regular expression that also
+    takes percent-encoded literals and ignores the query), so this matches more than any of them, never less: every
+    expression matches any text, `/` and `?` included; literals match case-insensitively, each character as written
+    or percent-encoded; and the URI is tried whole, without its fragment, and without its query. Literals are found
+    left to right, each at its first place: with nothing but "anything" between them that is exact, and linear.
+    """
+
+    __slots__ = ("_first", "_last", "_middle")
+
+    def __init__(self, key: str) -> None:
+        literals = [_literal_pattern(text) for text in _EXPRESSION.split(key)]
+        flags = re.IGNORECASE | re.DOTALL
+        self._first = re.compile(literals[0] if len(literals) > 1 else rf"(?:{literals[0]})\Z", flags)
+        self._middle = [re.compile(literal, flags) for literal in literals[1:-1]]
+        # With no expression the key is one literal, matched whole by `_first`.
+        self._last = re.compile(rf"(?:{literals[-1]})\Z", flags) if len(literals) > 1 else None
+
+    def matches(self, uri: str) -> bool:
+        without_fragment = uri.partition("#")[0]
+        candidates = {uri, without_fragment, without_fragment.partition("?")[0]}
+        return any(self._match(candidate) for candidate in candidates)
+
+    def _match(self, uri: str) -> bool:
+        found = self._first.match(uri)
+        if found is None or self._last is None:
+            return found is not None
+        position = found.end()
+        for literal in self._middle:
+            found = literal.search(uri, position)
+            if found is None:
+                return False
+            position = found.end()
+        return self._last.search(uri, position) is not None
+
+
+def _literal_pattern(text: str) -> str:
+    return "".join(f"(?:{re.escape(char)}|{_percent_encoded(char)})" for char in text)
+
+
+def _percent_encoded(char: str) -> str:
+    return "".join(f"%{byte:02x}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+@functools.lru_cache(maxsize=1024)
+def uri_pattern(key: str) -> UriPattern:
+    return UriPattern(key)

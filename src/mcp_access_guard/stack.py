@@ -6,12 +6,14 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .config import ConfigError
 from .middleware.access import AccessJWTMiddleware
 from .middleware.cors import CORSAllowlistMiddleware
 from .middleware.oauth import OAuthBearerMiddleware, OAuthEndpointsMiddleware
 from .middleware.paths import HEALTH_PATH, PathAllowlistMiddleware
 from .middleware.service_token import CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, ServiceTokenMiddleware
-from .middleware.tools import ToolPolicyMiddleware
+from .middleware.sse import SSESessionMiddleware
+from .middleware.tools import ToolPolicyMiddleware, websocket_routes
 from .oauth.server import OAuthServer
 from .settings import GuardConfig
 
@@ -21,12 +23,20 @@ logger = logging.getLogger("mcp_access_guard")
 def guard(app: ASGIApp, config: GuardConfig) -> ASGIApp:
     """Wrap `app` so a request passes paths -> CORS -> shared secret -> Access JWT -> tool policy -> app, or in OAuth
     mode paths -> CORS -> shared secret -> the authorization server's endpoints -> OAuth bearer -> tool policy -> app.
-    With no shared secret configured, that layer's place only takes the service-token headers off.
+    With no shared secret configured, that layer's place only takes the service-token headers off. Behind the
+    credential layer, each HTTP+SSE session is bound to the caller who opened it.
 
     Built from the inside out: the last layer wrapped is the first a request meets.
     """
     if config.tools is not None:
+        uninspectable = websocket_routes(app)
+        if uninspectable:
+            raise ConfigError(
+                f"the tool policy cannot inspect the WebSocket transport, which this app serves at {uninspectable}: "
+                "serve MCP over streamable HTTP or HTTP+SSE, or leave the tool policy out"
+            )
         app = ToolPolicyMiddleware(app, config.tools, max_body_bytes=config.max_body_bytes)
+    app = SSESessionMiddleware(app)
     allowed_paths = config.paths.allow if config.paths is not None else ()
     own_origins: tuple[str, ...] = ()
     if config.oauth is not None:

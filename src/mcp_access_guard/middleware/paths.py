@@ -55,7 +55,10 @@ def _route_path(scope: Scope) -> str | None:
 
 
 def parse_allow_entry(entry: str) -> tuple[str, bool]:
-    """An allow-list entry -> (path, whether it allows the subtree below it); ValueError for anything else."""
+    """An allow-list entry -> (path, whether it allows the subtree below it); ValueError for anything else.
+
+    `"/prefix/*"` gives `("/prefix/", True)`: `/prefix/` itself and every path below it, never `/prefix`.
+    """
     path, is_subtree = (entry[:-1], True) if entry.endswith("/*") else (entry, False)
     if "*" in path or _refusal_reason(path) is not None:
         raise ValueError(f"allow list entry {entry!r} is not a whole, normalised path")
@@ -65,7 +68,8 @@ def parse_allow_entry(entry: str) -> tuple[str, bool]:
 
 
 class PathAllowlistMiddleware:
-    """Let through only whole paths on the allow list (`"/prefix/*"` for a subtree); answer the rest with 404.
+    """Let through only whole paths on the allow list (`"/prefix/*"` for `/prefix/` and the subtree below it); answer
+    the rest with 404.
 
     With `health=True` this layer answers `GET`/`HEAD /health` itself with `{"status":"ok"}`, with no credential,
     so a health check never reaches the MCP app.
@@ -88,9 +92,7 @@ class PathAllowlistMiddleware:
         self.health = health
 
     def is_allowed(self, path: str) -> bool:
-        return path in self.exact_paths or any(
-            path.startswith(prefix) and len(path) > len(prefix) for prefix in self.subtree_prefixes
-        )
+        return path in self.exact_paths or any(path.startswith(prefix) for prefix in self.subtree_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

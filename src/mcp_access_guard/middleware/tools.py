@@ -3,9 +3,34 @@
 A refused `tools/call` must look exactly like a call to a tool that does not exist, whatever the server says for
 one. So it is not answered here: its name gets a random marker (`secret` becomes `secret-denied-<hex>`), the app
 answers for that name in its own words, status and format, and the marker is removed from the answer. Prompts and
-resources (marker in front of the URI, so no URI template matches it) work the same way when the policy covers them.
+resources work the same way when the policy covers them (the marker goes in front of a URI, so no URI template
+matches it): `prompts/get`, `resources/read`, `resources/subscribe` and `unsubscribe`, the URIs of a
+`subscriptions/listen`, and the prompt or template a `completion/complete` refers to. A resource rule keyed by a URI
+template covers every URI the template could match.
 
 `tools/list` (and the prompt and resource listings) are filtered in the response, JSON or SSE, per caller.
+
+On the older HTTP+SSE transport every POST is answered `202 Accepted` and its answer comes on the session's event
+stream (`GET /sse`): that stream is rewritten as a GET stream is (below), for the principal who opened it, which
+`SSESessionMiddleware` makes the only one who may post to it. Answers to the guard's own listing requests are taken
+off it. A POST naming a session whose stream this layer has not seen open (the layer wrapped around the message
+endpoint alone, say) would be answered where it cannot rewrite: it goes on naming a session nobody has.
+
+An answer the guard rewrites must come back where the guard can rewrite it, whatever else the client sends: such a
+request travels under an id of the guard's own (see `jsonrpc.ids`), so no other request's id can take its answer,
+and the caller's id is put back in the answer. The id says how the answer is to be rewritten, so the session's GET
+stream (where a resumed stream is replayed) is rewritten the same way; markers are removed there too.
+
+A tool or prompt may have more than one name at the server (FastMCP's hashed addresses, say). When the policy has
+rules, a name without a rule of its own is allowed only if the app lists it (see `listed_names`). What the guard
+cannot see: a tool whose own code runs another tool, prompt or resource named in its arguments.
+
+Answers this layer rewrites are asked for without `Accept-Encoding`, and one that comes back compressed anyway is
+refused (502) rather than passed on unread.
+
+Two answers the SDK gets wrong are put right here: a GET that asks to resume a stream, which the SDK without an event
+store leaves unanswered (a 500 from the server), gets a 400; and a request whose session its client ends while it is
+in flight gets the 404 of an ended session instead of the SDK's 500.
 
 Every POST body is read (bounded) and parsed strictly before the app sees it, because what the app would parse is
 what must be judged: anything that two parsers could read differently is refused with a 4xx JSON-RPC error.
@@ -14,12 +39,15 @@ Mount this layer around the MCP endpoint; it reads every POST that reaches it.
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import re
-import secrets
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
@@ -28,8 +56,9 @@ from mcp.shared.inbound import (
     decode_header_value,
     encode_header_value,
 )
-from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST
+from mcp_types import HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 from starlette.datastructures import MutableHeaders
+from starlette.routing import Mount, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
@@ -37,47 +66,90 @@ from ..audit import log_decision
 from ..identity import AccessIdentity, current_identity
 from ..jsonrpc import (
     DEFAULT_MAX_BODY_BYTES,
+    DROP_EVENT,
+    GUARD_ID_PREFIX,
+    MARKER,
     ClientGone,
+    Edit,
+    GuardId,
     RejectedRequest,
+    Replacement,
     Rewrite,
     SSERewriter,
     StreamingReplace,
+    apply_edits,
+    caller_id_text,
+    error_body,
+    guard_ids_in,
+    item_spans,
     listing_filter,
-    mark_string,
     parse_json_body,
     read_body,
+    replace_all,
     replaying,
+    restore,
     rewrite_json_body,
+    string_mark,
+    value_span,
 )
 from ..policy import Family, ToolPolicy
+from .listed_names import FETCH_KIND, ListedNames, StreamedAnswers, fetch_listing
+from .sse import OpenStreams, nobodys_session
 
 LAYER = "tool_policy"
-
-# method -> (family, the params key naming the target, whether the marker goes in front)
-_TARGETED: dict[str, tuple[Family, str, bool]] = {
-    "tools/call": ("tool", "name", False),
-    "prompts/get": ("prompt", "name", False),
-    "resources/read": ("resource", "uri", True),
-}
-# method -> (family, the result key holding the list, the key naming each entry)
-_LISTINGS: dict[str, tuple[Family, str, str]] = {
-    "tools/list": ("tool", "tools", "name"),
-    "prompts/list": ("prompt", "prompts", "name"),
-    "resources/list": ("resource", "resources", "uri"),
-    "resources/templates/list": ("resource", "resourceTemplates", "uriTemplate"),
-}
-_GUARDED_METHODS = frozenset(_TARGETED) | frozenset(_LISTINGS)
-_NOT_A_LETTER = re.compile(r"[^a-z]")
-_GUARDED_LETTERS = frozenset(_NOT_A_LETTER.sub("", method) for method in _GUARDED_METHODS)
+logger = logging.getLogger("mcp_access_guard")
 
 
 @dataclass(frozen=True, slots=True)
+class _Target:
+    family: Family
+    path: tuple[str, ...]  # where the name or URI is in the request
+    marker_in_front: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    family: Family
+    list_key: str  # where the entries are in the result
+    name_key: str  # what names each entry
+    kind: str  # the letter in the guard's id that asks for this filter
+
+
+_TARGETED: Final = {
+    "tools/call": _Target("tool", ("params", "name"), False),
+    "prompts/get": _Target("prompt", ("params", "name"), False),
+    "resources/read": _Target("resource", ("params", "uri"), True),
+    "resources/subscribe": _Target("resource", ("params", "uri"), True),
+    "resources/unsubscribe": _Target("resource", ("params", "uri"), True),
+}
+_COMPLETION_REFS: Final = {
+    "ref/prompt": _Target("prompt", ("params", "ref", "name"), False),
+    "ref/resource": _Target("resource", ("params", "ref", "uri"), True),
+}
+_LISTEN_TARGET: Final = _Target("resource", ("params", "notifications", "resourceSubscriptions"), True)
+_MAX_LISTEN_URIS = 1000  # so that marking them all stays within the room the body has for the guard's edits
+_LISTINGS: Final = {
+    "tools/list": _Listing("tool", "tools", "name", "t"),
+    "prompts/list": _Listing("prompt", "prompts", "name", "p"),
+    "resources/list": _Listing("resource", "resources", "uri", "r"),
+    "resources/templates/list": _Listing("resource", "resourceTemplates", "uriTemplate", "u"),
+}
+_LISTING_KINDS: Final = {listing.kind: listing for listing in _LISTINGS.values()}
+_REFUSED_KIND = "x"  # the answer only needs markers removed
+_GUARDED_METHODS = frozenset(_TARGETED) | frozenset(_LISTINGS) | {"completion/complete", "subscriptions/listen"}
+_NOT_A_LETTER = re.compile(r"[^a-z]")
+_GUARDED_LETTERS = frozenset(_NOT_A_LETTER.sub("", method) for method in _GUARDED_METHODS)
+_ENDED_SESSIONS_KEPT = 1024
+
+
+@dataclass(slots=True)
 class _Verdict:
-    """What to do with one inspected request: forward `body` and rewrite the answer with `rewrite`, if any."""
+    """What to do with one inspected request: forward `body`, and rewrite the answer with `rewrite` (one JSON-RPC
+    message at a time) and then `replacements` (every byte)."""
 
     body: bytes
     rewrite: Rewrite | None = None
-    marker: bytes | None = None
+    replacements: list[Replacement] = field(default_factory=list)
     mcp_name: str | None = None
 
 
@@ -88,6 +160,10 @@ class ToolPolicyMiddleware:
         self.app = app
         self.policy = policy
         self.max_body_bytes = max_body_bytes
+        self._listed: dict[Family, ListedNames] = {"tool": ListedNames(), "prompt": ListedNames()}
+        self._ended_sessions: OrderedDict[str, None] = OrderedDict()
+        self._streamed = StreamedAnswers()
+        self._streams = OpenStreams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -95,17 +171,36 @@ class ToolPolicyMiddleware:
             log_decision(scope, layer=LAYER, decision="deny", reason="websocket", principal=_principal())
             await WebSocketClose(code=1008)(scope, receive, send)
             return
-        # Methods are case-sensitive, but a server that folds them must not see an uninspected POST.
-        if scope["type"] != "http" or scope["method"].upper() != "POST":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
             return
+        if scope["type"] != "http":
+            return  # a kind of connection this layer knows nothing of does not reach the app
+        # Methods are case-sensitive, but a server that folds them must not see an uninspected POST.
+        method = scope["method"].upper()
+        if method == "POST":
+            await self._serve_post(scope, receive, send)
+        elif method == "GET":
+            await self._serve_get(scope, receive, send)
+        elif method == "DELETE":
+            await self._serve_delete(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
+    # -- POST: one JSON-RPC message, judged before the app sees it -------------------------------------------------
+
+    async def _serve_post(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _RequestHeaders(scope["headers"])
         identity = current_identity()
+        if scope.get("query_string"):
+            named = self._streams.named_in(scope)
+            if named is not None and named[1] is None:
+                log_decision(scope, layer=LAYER, decision="deny", reason="stream_not_seen", principal=_principal())
+                scope = nobodys_session(scope, named[0])
         try:
             _refuse_other_encodings(headers)
             body = await read_body(receive, self.max_body_bytes, headers.content_length)
-            verdict = self._inspect(headers, body, identity, scope)
+            verdict = await self._inspect(headers, body, identity, scope)
         except ClientGone:
             return
         except RejectedRequest as refusal:
@@ -113,18 +208,18 @@ class ToolPolicyMiddleware:
             await _send_refusal(refusal, send)
             return
 
+        ended = self._session_ended(headers.session_id)
         if verdict is None:
+            if ended is not None:
+                send = _Answer(send, ended=ended).send
             await self.app(scope, replaying(body, receive), send)
             return
         if verdict.body is not body or verdict.mcp_name is not None:
             scope = dict(scope, headers=_forwarded_headers(scope, verdict))
-        if verdict.rewrite is None and verdict.marker is None:
-            await self.app(scope, replaying(verdict.body, receive), send)
-        else:
-            responder = _RewritingResponder(send, verdict.rewrite, verdict.marker)
-            await self.app(scope, replaying(verdict.body, receive), responder.send)
+        answer = _Answer(send, rewrite=verdict.rewrite, replacements=verdict.replacements, ended=ended)
+        await self.app(scope, replaying(verdict.body, receive), answer.send)
 
-    def _inspect(
+    async def _inspect(
         self, headers: _RequestHeaders, body: bytes, identity: AccessIdentity | None, scope: Scope
     ) -> _Verdict | None:
         """What to do with the request; None (the common case) means: forward it as it came."""
@@ -135,6 +230,9 @@ class ToolPolicyMiddleware:
             raise RejectedRequest(400, INVALID_REQUEST, "Body must be a JSON-RPC object", "not_an_object")
         method = message.get("method")
         _check_routing_headers(headers, message, method)
+        request_id = message.get("id")
+        if isinstance(request_id, str) and request_id.startswith(GUARD_ID_PREFIX):
+            raise RejectedRequest(400, INVALID_REQUEST, "This request id is reserved", "reserved_id")
         if method is None:
             return None  # a client's response to a server request: nothing to decide
         if not isinstance(method, str):
@@ -143,52 +241,120 @@ class ToolPolicyMiddleware:
             if _looks_like_guarded(method):
                 raise RejectedRequest(400, INVALID_REQUEST, "Unrecognised method spelling", "method_spelling")
             return None
-
-        targeted = _TARGETED.get(method)
-        if targeted is not None:
-            return self._inspect_targeted(scope, body, message, method, targeted, identity)
-        family, list_key, name_key = _LISTINGS[method]
-        if "id" in message and self.policy.covers(family):
-            keep = self._keeper(family, name_key, identity)
-            log_decision(
-                scope, layer=LAYER, decision="allow", reason="listing_filtered", principal=_principal(identity)
-            )
-            return _Verdict(body, rewrite=listing_filter(message["id"], list_key, keep))
-        return None
-
-    def _inspect_targeted(
-        self,
-        scope: Scope,
-        body: bytes,
-        message: dict[str, Any],
-        method: str,
-        targeted: tuple[Family, str, bool],
-        identity: AccessIdentity | None,
-    ) -> _Verdict | None:
-        family, key, marker_in_front = targeted
-        params = message.get("params")
-        target = params.get(key) if isinstance(params, dict) else None
-        if not isinstance(target, str):
-            raise RejectedRequest(400, INVALID_PARAMS, f"{method} needs a string params.{key}", f"{key}_not_string")
-        allowed, reason = self.policy.decide(family, target, identity)
-        log_decision(
-            scope,
-            layer=LAYER,
-            decision="allow" if allowed else "deny",
-            reason=reason,
-            principal=_principal(identity),
-            tool=target,
-        )
-        if allowed:
+        if not self._covers(method):
             return None
-        # Letters, digits and hyphens only: no encoder escapes them, so the app echoes the marker byte for byte.
-        marker = f"-denied-{secrets.token_hex(16)}"
-        marked_text = mark_string(body.decode("utf-8"), ("params", key), marker, prefix=marker_in_front)
-        marked = marker + target if marker_in_front else target + marker
-        return _Verdict(marked_text.encode("utf-8"), marker=marker.encode("ascii"), mcp_name=marked)
+        # Every request of a covered method is held to this, whatever it names, so a refusal here tells nothing.
+        caller_id = caller_id_text(request_id) if "id" in message else None
+        if "id" in message and caller_id is None:
+            raise RejectedRequest(
+                400, INVALID_REQUEST, "Request id must be an integer or a plain string of up to 128 characters", "id"
+            )
 
-    def _keeper(self, family: Family, name_key: str, identity: AccessIdentity | None) -> Callable[[Any], bool]:
+        listing = _LISTINGS.get(method)
+        if listing is not None:
+            if caller_id is None:
+                return None  # a notification: no answer to filter
+            principal = _principal(identity)
+            log_decision(scope, layer=LAYER, decision="allow", reason="listing_filtered", principal=principal)
+            guard_id = GuardId.new(listing.kind, caller_id)
+            keep = self._keeper(listing, identity)
+            return self._rewritten(body, guard_id, [], rewrite=listing_filter(guard_id.text, listing.list_key, keep))
+
+        refused = await self._refused(scope, message, method, identity)
+        if not refused:
+            return None
+        text = body.decode("utf-8")
+        guard_id = GuardId.new(_REFUSED_KIND, caller_id or '""')
+        edits = [
+            string_mark(text, _span(text, target, index), guard_id.marker, prefix=target.marker_in_front)
+            for target, index in refused
+        ]
+        verdict = self._rewritten(body, guard_id, edits, text=text, with_id=caller_id is not None)
+        if method in NAME_BEARING_METHODS:
+            name = message["params"][NAME_BEARING_METHODS[method]]
+            target = refused[0][0]
+            verdict.mcp_name = guard_id.marker + name if target.marker_in_front else name + guard_id.marker
+        return verdict
+
+    def _covers(self, method: str) -> bool:
+        if method == "completion/complete":
+            return self.policy.covers("prompt") or self.policy.covers("resource")
+        if method == "subscriptions/listen":
+            return self.policy.covers("resource")
+        target = _TARGETED.get(method)
+        return self.policy.covers(target.family if target is not None else _LISTINGS[method].family)
+
+    def _rewritten(
+        self,
+        body: bytes,
+        guard_id: GuardId,
+        edits: list[Edit],
+        *,
+        text: str | None = None,
+        with_id: bool = True,
+        rewrite: Rewrite | None = None,
+    ) -> _Verdict:
+        """The request with `edits` made and, if it has an id, the guard's id in place of the caller's."""
+        text = body.decode("utf-8") if text is None else text
+        if with_id:
+            id_span = value_span(text, ("id",))
+            assert id_span is not None
+            edits = [*edits, (*id_span, guard_id.json)]
+        return _Verdict(apply_edits(text, edits).encode("utf-8"), rewrite, guard_id.restorations())
+
+    async def _refused(
+        self, scope: Scope, message: dict[str, Any], method: str, identity: AccessIdentity | None
+    ) -> list[tuple[_Target, int | None]]:
+        """The names (or URIs) this request may not use: what they name, and for a list, where in it they are."""
+        refused = []
+        for target, name, index in _named(message, method):
+            decision = self._decide(target.family, name, identity)
+            if decision is None:  # a name the app has not been seen to list: ask it, then decide
+                listed_names = self._listed[target.family]
+                await listed_names.refresh(functools.partial(self._fetch_listing, scope, message, target.family))
+                decision = self._decide(target.family, name, identity) or (False, "not_listed")
+            allowed, reason = decision
+            log_decision(
+                scope,
+                layer=LAYER,
+                decision="allow" if allowed else "deny",
+                reason=reason,
+                principal=_principal(identity),
+                tool=name,
+            )
+            if not allowed:
+                refused.append((target, index))
+        return refused
+
+    def _decide(self, family: Family, name: str, identity: AccessIdentity | None) -> tuple[bool, str] | None:
+        """(allowed, reason), or None when only the app's listing can tell: a name without a rule it is not known
+        to list, when the policy has rules."""
+        allowed, reason = self.policy.decide(family, name, identity)
+        listed_names = self._listed.get(family)
+        if not allowed or listed_names is None or not self.policy.covers(family):
+            return allowed, reason
+        listed, addressed = listed_names.resolve(name)
+        if reason == "default_allow" and not listed and not addressed:
+            return None
+        for other in addressed:  # another spelling of listed names: judged as they are
+            allowed, reason = self.policy.decide(family, other, identity)
+            if not allowed:
+                return False, reason
+        return True, reason
+
+    async def _fetch_listing(self, scope: Scope, message: dict[str, Any], family: Family) -> list[Any] | None:
+        method, listing = next((m, listing) for m, listing in _LISTINGS.items() if listing.family == family)
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        # The caller's protocol metadata, which a modern-era app needs; not its progress token.
+        meta = {key: value for key, value in meta.items() if key != "progressToken"} if isinstance(meta, dict) else None
+        return await fetch_listing(
+            self.app, scope, method=method, list_key=listing.list_key, meta=meta, streamed=self._streamed
+        )
+
+    def _keeper(self, listing: _Listing, identity: AccessIdentity | None) -> Callable[[Any], bool]:
         decide = self.policy.decide  # called once per listed entry
+        family, name_key = listing.family, listing.name_key
 
         def keep(entry: Any) -> bool:
             name = entry.get(name_key) if isinstance(entry, dict) else None
@@ -197,10 +363,128 @@ class ToolPolicyMiddleware:
 
         return keep
 
+    # -- GET: the session's own stream, and resumed ones -----------------------------------------------------------
+
+    async def _serve_get(self, scope: Scope, receive: Receive, send: Send) -> None:
+        identity = current_identity()
+        if any(name == b"accept-encoding" for name, _ in scope["headers"]):
+            scope = dict(scope, headers=[header for header in scope["headers"] if header[0] != b"accept-encoding"])
+        answer = _Answer(send, rewrite=self._scrubber(identity), streams_only=True)
+        await self._streams.serve(self.app, scope, receive, answer.send, None, end_unbindable=False)
+        if answer.started or not any(name == b"last-event-id" for name, _ in scope["headers"]):
+            return
+        # The SDK without an event store returns without answering a request to resume a stream (uvicorn then
+        # answers 500): answered here instead, as the SDK answers other requests it cannot serve.
+        log_decision(scope, layer=LAYER, decision="deny", reason="resume_unsupported", principal=_principal(identity))
+        session = [(name, value) for name, value in scope["headers"] if name == b"mcp-session-id"][:1]
+        await _send_error(send, 400, INVALID_REQUEST, "Bad Request: this server cannot resume streams", session)
+
+    def _scrubber(self, identity: AccessIdentity | None) -> Rewrite:
+        """A rewrite for messages that reach a stream the guard did not send the request on (a resumed stream
+        replayed on the GET stream, every answer of the HTTP+SSE transport): each answer under a guard id gets the
+        rewrite that id asks for, and answers to the guard's own listing requests go to it instead."""
+
+        def scrub(text: str) -> str | None:
+            if GUARD_ID_PREFIX not in text and "-denied-" not in text:
+                return None
+            rewritten = text
+            for guard_id in guard_ids_in(text):
+                if guard_id.kind == FETCH_KIND:
+                    answer = _answer_to(text, guard_id.text)
+                    if answer is not None:
+                        self._streamed.deliver(guard_id.text, answer)
+                        return DROP_EVENT
+                listing = _LISTING_KINDS.get(guard_id.kind)
+                if listing is not None:
+                    keep = self._keeper(listing, identity)
+                    rewritten = listing_filter(guard_id.text, listing.list_key, keep)(rewritten) or rewritten
+                rewritten = restore(rewritten, guard_id)
+            rewritten = MARKER.sub("", rewritten)
+            return None if rewritten == text else rewritten
+
+        return scrub
+
+    # -- DELETE: a session ends ------------------------------------------------------------------------------------
+
+    async def _serve_delete(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = _RequestHeaders(scope["headers"]).session_id
+        if session is None:
+            await self.app(scope, receive, send)
+            return
+        # Noted before the app ends the session: requests still in flight in it are answered while it ends.
+        self._ended_sessions[session] = None
+        if len(self._ended_sessions) > _ENDED_SESSIONS_KEPT:
+            self._ended_sessions.popitem(last=False)
+        status = 0
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if not 200 <= status < 300:
+            self._ended_sessions.pop(session, None)
+
+    def _session_ended(self, session: str | None) -> Callable[[], bool] | None:
+        if session is None:
+            return None
+        return lambda: session in self._ended_sessions
+
+
+def _answer_to(text: str, request_id: str) -> dict[str, Any] | None:
+    """The JSON-RPC response in `text` if it answers `request_id`."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) and message.get("id") == request_id else None
+
 
 def _principal(identity: AccessIdentity | None = None) -> str | None:
     identity = identity or current_identity()
     return identity.principal if identity is not None else None
+
+
+def _named(message: dict[str, Any], method: str) -> list[tuple[_Target, str, int | None]]:
+    """The names and URIs the request uses, what family each belongs to, and for a list, where in it each is."""
+    params = message.get("params")
+    if method == "subscriptions/listen":
+        notifications = params.get("notifications") if isinstance(params, dict) else None
+        uris = notifications.get("resourceSubscriptions") if isinstance(notifications, dict) else None
+        if uris is None:
+            return []
+        if not isinstance(uris, list) or not all(isinstance(uri, str) for uri in uris):
+            raise RejectedRequest(400, INVALID_PARAMS, "resourceSubscriptions must be a list of URIs", "uri_not_string")
+        if len(uris) > _MAX_LISTEN_URIS:
+            raise RejectedRequest(400, INVALID_PARAMS, "Too many resourceSubscriptions", "too_many_uris")
+        return [(_LISTEN_TARGET, uri, index) for index, uri in enumerate(uris)]
+    if method == "completion/complete":
+        ref = params.get("ref") if isinstance(params, dict) else None
+        ref_type = ref.get("type") if isinstance(ref, dict) else None
+        completed = _COMPLETION_REFS.get(ref_type) if isinstance(ref_type, str) else None
+        if completed is None:
+            raise RejectedRequest(
+                400, INVALID_PARAMS, "completion/complete needs a ref/prompt or ref/resource params.ref", "ref"
+            )
+        target = completed
+    else:
+        target = _TARGETED[method]
+    value: Any = message
+    for key in target.path:
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, str):
+        where = ".".join(target.path)
+        raise RejectedRequest(400, INVALID_PARAMS, f"{method} needs a string {where}", f"{target.path[-1]}_not_string")
+    return [(target, value, None)]
+
+
+def _span(text: str, target: _Target, index: int | None) -> tuple[int, int]:
+    """Where a name `_named` found is in the request's text."""
+    span = value_span(text, target.path) if index is None else item_spans(text, target.path)[index]
+    assert span is not None
+    return span
 
 
 _MCP_METHOD = MCP_METHOD_HEADER.encode("latin-1")
@@ -213,7 +497,7 @@ class _RequestHeaders:
     Names are compared as the raw bytes ASGI gives (lower case); only the few values read are decoded.
     """
 
-    __slots__ = ("content_encodings", "content_length", "content_type", "mcp_methods", "mcp_names")
+    __slots__ = ("content_encodings", "content_length", "content_type", "mcp_methods", "mcp_names", "session_id")
 
     def __init__(self, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self.content_length: str | None = None
@@ -221,6 +505,7 @@ class _RequestHeaders:
         self.content_encodings: list[str] = []
         self.mcp_methods: list[str] = []
         self.mcp_names: list[str] = []
+        self.session_id: str | None = None
         for name, value in raw_headers:
             if name == b"content-length":
                 self.content_length = value.decode("latin-1")
@@ -232,6 +517,8 @@ class _RequestHeaders:
                 self.mcp_names.append(value.decode("latin-1"))
             elif name == b"content-encoding":
                 self.content_encodings.append(value.decode("latin-1"))
+            elif name == b"mcp-session-id":
+                self.session_id = value.decode("latin-1")
 
 
 def _refuse_other_encodings(headers: _RequestHeaders) -> None:
@@ -276,69 +563,131 @@ def _header_mismatch(header: str) -> RejectedRequest:
 
 
 def _forwarded_headers(scope: Scope, verdict: _Verdict) -> list[tuple[bytes, bytes]]:
-    headers = MutableHeaders(raw=list(scope["headers"]))
-    if "content-length" in headers:
-        headers["content-length"] = str(len(verdict.body))
-    if verdict.mcp_name is not None and MCP_NAME_HEADER in headers:
-        headers[MCP_NAME_HEADER] = encode_header_value(verdict.mcp_name)
-    return headers.raw
+    """The request's headers with Content-Length (and Mcp-Name) saying what the edited body says."""
+    replacements = {b"content-length": str(len(verdict.body)).encode("latin-1")}
+    if verdict.mcp_name is not None and any(name == _MCP_NAME for name, _ in scope["headers"]):
+        replacements[_MCP_NAME] = encode_header_value(verdict.mcp_name).encode("latin-1")
+    headers = []
+    replaced = set()
+    for name, value in scope["headers"]:
+        if name == b"accept-encoding":
+            continue  # an answer to rewrite must come back readable
+        if name in replacements:
+            if name in replaced:
+                continue  # one copy, as MutableHeaders keeps
+            replaced.add(name)
+            value = replacements[name]
+        headers.append((name, value))
+    return headers
+
+
+def _encoded(headers: MutableHeaders) -> bool:
+    return any(
+        coding.strip().lower() not in ("", "identity")
+        for value in headers.getlist("content-encoding")
+        for coding in value.split(",")
+    )
 
 
 async def _send_refusal(refusal: RejectedRequest, send: Send) -> None:
-    body = refusal.body()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": refusal.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    await _send_error(send, refusal.status, refusal.code, refusal.message)
+
+
+async def _send_error(
+    send: Send, status: int, code: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = error_body(code, message)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
 
-class _RewritingResponder:
-    """Wraps `send`: passes the app's response on with `rewrite` applied to its JSON or SSE messages, or with
-    `marker` removed from every byte of it. A body with a length is held until complete so the length can be fixed.
+class _Answer:
+    """Wraps `send`: passes the app's response on with `rewrite` applied to each of its JSON-RPC messages (JSON or
+    SSE; with `streams_only`, SSE only) and `replacements` made in every byte. A body with a length is held until
+    complete so the length can be fixed. If `ended` says the request's session was ended by its client meanwhile, a
+    5xx from the app becomes the 404 a request for an ended session gets.
     """
 
-    def __init__(self, send: Send, rewrite: Rewrite | None, marker: bytes | None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        *,
+        rewrite: Rewrite | None = None,
+        replacements: list[Replacement] | None = None,
+        ended: Callable[[], bool] | None = None,
+        streams_only: bool = False,
+    ) -> None:
         self._send = send
+        self._streams_only = streams_only
         self._rewrite = rewrite
-        self._marker = marker
+        self._replacements = replacements or []
+        self._ended = ended
+        self.started = False
+        self._dropping = False
         self._start: Message | None = None
         self._held = bytearray()
-        self._stream: SSERewriter | StreamingReplace | None = None
+        self._sse: SSERewriter | None = None
+        self._replace: StreamingReplace | None = None
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
+            self.started = True
             await self._on_start(message)
-        elif message["type"] == "http.response.body" and (self._stream is not None or self._start is not None):
+        elif message["type"] != "http.response.body":
+            await self._send(message)
+        elif self._dropping:
+            return
+        elif self._sse is not None or self._replace is not None or self._start is not None:
             await self._on_body(message)
         else:
             await self._send(message)
 
     async def _on_start(self, message: Message) -> None:
-        headers = MutableHeaders(raw=list(message.get("headers", [])))
-        streaming = headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"
-        if self._marker is not None and (streaming or "content-length" not in headers):
-            self._stream = StreamingReplace(self._marker)
-        elif self._rewrite is not None and streaming:
-            self._stream = SSERewriter(self._rewrite)
-        elif self._rewrite is not None and not _is_json(headers):
+        if self._ended is not None and message["status"] >= 500 and self._ended():
+            self._dropping = True
+            await _send_error(self._send, 404, INVALID_REQUEST, "Session not found")
+            return
+        if self._rewrite is None and not self._replacements:
             await self._send(message)
             return
-        if self._stream is not None:
-            if "content-length" in headers:
+        headers = MutableHeaders(raw=list(message.get("headers", [])))
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        streaming = media_type == "text/event-stream"
+        if self._streams_only and not streaming:
+            self._rewrite = None
+        if not (streaming or media_type == "application/json" or media_type.endswith("+json")):
+            self._rewrite = None  # not JSON-RPC messages: only the byte replacements apply
+        if (self._rewrite is not None or self._replacements) and _encoded(headers):
+            # Asked for without Accept-Encoding, and still compressed: what cannot be read is not passed on.
+            logger.error("the app compressed an answer the tool policy must rewrite; it was refused (502)")
+            self._dropping = True
+            await _send_error(self._send, 502, INTERNAL_ERROR, "Bad Gateway: the server's answer could not be read")
+            return
+        if streaming or "content-length" not in headers:
+            if self._rewrite is not None and streaming:
+                self._sse = SSERewriter(self._rewrite)
+            if self._replacements:
+                self._replace = StreamingReplace(self._replacements)
+            if self._sse is not None or self._replace is not None:
                 del headers["content-length"]
-            await self._send({**message, "headers": headers.raw})
+                message = {**message, "headers": headers.raw}
+            await self._send(message)
+            return
+        if self._rewrite is None and not self._replacements:
+            await self._send(message)
             return
         self._start = message
 
     async def _on_body(self, message: Message) -> None:
         chunk: bytes = message.get("body", b"")
         more = message.get("more_body", False)
-        if self._stream is not None:
-            out = self._stream.feed(chunk) + (b"" if more else self._stream.close())
+        if self._start is None:  # streaming
+            out = chunk
+            if self._sse is not None:
+                out = self._sse.feed(out) + (b"" if more else self._sse.close())
+            if self._replace is not None:
+                out = self._replace.feed(out) + (b"" if more else self._replace.close())
             if out or not more:
                 await self._send({"type": "http.response.body", "body": out, "more_body": more})
             return
@@ -346,17 +695,37 @@ class _RewritingResponder:
         if more:
             return
         body = bytes(self._held)
-        if self._marker is not None:
-            body = body.replace(self._marker, b"")
-        elif self._rewrite is not None:
+        if self._rewrite is not None:
             body = rewrite_json_body(body, self._rewrite)
-        assert self._start is not None
+        body = replace_all(body, self._replacements)
         headers = MutableHeaders(raw=list(self._start.get("headers", [])))
         headers["content-length"] = str(len(body))
         await self._send({**self._start, "headers": headers.raw})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _is_json(headers: MutableHeaders) -> bool:
-    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
+def websocket_routes(app: object) -> list[str]:
+    """The paths of the WebSocket routes in `app`, as far as Starlette's routers (FastAPI's too) and middleware that
+    keeps its inner app as `.app` can be seen into. This layer closes every websocket, so `guard()` refuses to put a
+    tool policy in front of such a route rather than serve it broken."""
+    found: list[str] = []
+    seen: set[int] = set()
+    pending: list[tuple[object, str]] = [(app, "")]
+    while pending:
+        node, prefix = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, WebSocketRoute):
+            found.append(prefix + node.path)
+            continue
+        if isinstance(node, Mount):
+            pending += [(route, prefix + node.path) for route in node.routes]
+            continue
+        routes = getattr(node, "routes", None)
+        if isinstance(routes, list):
+            pending += [(route, prefix) for route in routes]
+        inner = getattr(node, "app", None)
+        if inner is not None:
+            pending.append((inner, prefix))
+    return sorted(found)

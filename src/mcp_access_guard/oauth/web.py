@@ -20,12 +20,14 @@ MAX_QUERY_BYTES = 8 * 1024
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # Every page: never framed, no scripts, nothing fetched; no form-action (Chromium applies it to the whole redirect
-# chain after the consent form is submitted, to Access and back to the client, which would break the flow).
+# chain after the consent form is submitted, to Access and back to the client, which would break the flow). No
+# referrer leaves our origin; not `no-referrer`, under which browsers send the consent POST with `Origin: null`,
+# which the same-origin check must refuse.
 PAGE_HEADERS = {
     **NO_STORE,
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
 
