@@ -29,6 +29,7 @@ from pathlib import Path
 
 import bench_floods
 import bench_http
+import bench_oauth
 import bench_peers
 import bench_scaling
 import bench_store
@@ -164,6 +165,8 @@ async def collect(quick: bool) -> list[Section]:
     sections += await bench_scaling.collect(quick)
     print("scaling done", file=sys.stderr, flush=True)
     sections += await bench_store.collect(quick)
+    print("store done", file=sys.stderr, flush=True)
+    sections += await bench_oauth.collect(quick)
     return sections
 
 

@@ -1,8 +1,10 @@
 """Everything the test suite logs, scanned at the end for the credentials the suite used.
 
 conftest.py installs `LogRecorder` for the whole session, makes `LocalAccess` report every token it signs, and collects
-the secrets the test modules declare (module-level names containing SECRET). `find_leaks` then looks for any of them,
-for key material, and for any credential OAuth mode mints (recognised by its prefix), in the recorded text.
+the secrets the test modules declare (module-level names containing SECRET) and the values tests register with
+`remember_minted` (PKCE verifiers, states, CSRF values, sealed forms: what a test mints itself). `find_leaks` then looks
+for any of them, for key material, and for any credential OAuth mode mints (recognised by its prefix), in the
+recorded text.
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ from mcp_access_guard.oauth.records import CREDENTIAL
 _LONG_RUN = re.compile(r"[A-Za-z0-9_-]{40,}")
 _KEY_MATERIAL = ("-----BEGIN", "PRIVATE KEY")
 _MIN_SECRET_LENGTH = 8
+_MINTABLE = re.compile(r"[A-Za-z0-9_-]{40,}")
+
+# Values tests minted themselves, scanned for at the end of the session like the tokens the issuers sign.
+MINTED: list[str] = []
+
+
+def remember_minted(*values: str | None) -> None:
+    """Register values a test minted (a run of 40 or more base64url characters each; shorter ones are not
+    recognisable in a log and are left out)."""
+    MINTED.extend(value for value in values if value and _MINTABLE.fullmatch(value))
 
 
 class LogRecorder(logging.Handler):

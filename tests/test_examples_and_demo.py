@@ -46,28 +46,81 @@ async def test_reference_example_under_uvicorn(local_access: LocalAccess, monkey
     assert bob == (["add", "whoami"], "Unknown tool: generate_image")
 
 
-def test_demo_command_succeeds_and_shows_every_caller() -> None:
+ACCESS_ROWS = [
+    "anyone POST /admin ok HTTP 404",
+    "a foreign web page POST /mcp ok HTTP 403",
+    "no token whoami ok HTTP 401",
+    "forged token whoami ok HTTP 403",
+    "expired token whoami ok HTTP 403",
+    "alice whoami ok user alice@example.com (sdk sees alice@example.com)",
+    "alice tools/list ok add, generate_image, whoami",
+    "alice generate_image ok an image of a cat",
+    "bob tools/list ok add, whoami",
+    "bob generate_image ok Unknown tool: generate_image",
+    "bob generate_image, raw ok same bytes as for a made-up tool",
+    "service token whoami ok service token 88bf3b6d86161464f6509f7219099e57.access",
+]
+OAUTH_ROWS = [
+    "an MCP client POST /mcp, no token ok HTTP 401, pointing at our metadata",
+    "alice's client tools/list (registers; alice consents) ok add, generate_image, whoami",
+    "alice the consent page ok asks to allow Demo client, once",
+    "alice's client whoami ok user alice@example.com through the client it registered",
+    "alice's client generate_image ok an image of a cat",
+    "bob's client tools/list ok add, whoami",
+    "bob's client generate_image ok Unknown tool: generate_image",
+    "anyone POST /token, alice's code again ok HTTP 400 invalid_grant",
+    "alice's client tools/list after the replay ok HTTP 401: the replay revoked the grant",
+    "mallory (not example.com) sign in ok back to the client with error=access_denied",
+    "a person who denies the consent page ok back to the client with error=access_denied; Access never asked",
+    "a client register http://evil.example/callback ok HTTP 400 invalid_redirect_uri",
+    "a page on another site POST /consent ok HTTP 403",
+]
+
+
+def run_demo_command(*options: str) -> list[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "mcp_access_guard.cli", "demo"], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "mcp_access_guard.cli", "demo", *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = [" ".join(line.split()) for line in done.stdout.splitlines()]
-    for expected in [
-        "anyone POST /admin ok HTTP 404",
-        "a foreign web page POST /mcp ok HTTP 403",
-        "no token whoami ok HTTP 401",
-        "forged token whoami ok HTTP 403",
-        "expired token whoami ok HTTP 403",
-        "alice whoami ok user alice@example.com (sdk sees alice@example.com)",
-        "alice tools/list ok add, generate_image, whoami",
-        "alice generate_image ok an image of a cat",
-        "bob tools/list ok add, whoami",
-        "bob generate_image ok Unknown tool: generate_image",
-        "bob generate_image, raw ok same bytes as for a made-up tool",
-        "service token whoami ok service token 88bf3b6d86161464f6509f7219099e57.access",
-    ]:
-        assert any(row.startswith(expected) for row in rows), (expected, done.stdout)
     assert "Every caller got what it should." in done.stdout
+    assert "WRONG" not in done.stdout
+    return [" ".join(line.split()) for line in done.stdout.splitlines()]
+
+
+def test_demo_command_succeeds_and_shows_every_caller_in_both_modes() -> None:
+    rows = run_demo_command()
+    for expected in ACCESS_ROWS + OAUTH_ROWS:
+        assert any(row.startswith(expected) for row in rows), (expected, rows)
+    # Access mode first, then OAuth mode.
+    assert rows.index(next(row for row in rows if row.startswith(OAUTH_ROWS[0]))) > rows.index(
+        next(row for row in rows if row.startswith(ACCESS_ROWS[-1]))
+    )
+
+
+def test_demo_oauth_shows_oauth_mode_alone() -> None:
+    rows = run_demo_command("--oauth")
+    for expected in OAUTH_ROWS:
+        assert any(row.startswith(expected) for row in rows), (expected, rows)
+    assert not any(row.startswith(ACCESS_ROWS[0]) for row in rows)
+
+
+@pytest.mark.anyio
+async def test_the_demo_fails_when_a_caller_gets_what_it_should_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guard that let mallory in would make the demo say so, and fail."""
+    from mcp_access_guard import demo
+
+    async def let_anyone_in(url: str, decision: str) -> str:
+        return "back to the client with a code"
+
+    monkeypatch.setattr(demo, "_front_channel", let_anyone_in)
+    printed: list[str] = []
+    assert await demo.run_demo(printed.append, access=False) is False
+    assert printed[-1].strip() == "Some callers did not get what they should."
+    assert any("WRONG" in line and "expected back to the client with error=access_denied" in line for line in printed)
 
 
 def load_example(name: str) -> ModuleType:

@@ -1,9 +1,10 @@
 """The suite-wide log scan finds what it is meant to find (so its silence means something)."""
 
 import logging
+import secrets
 import types
 
-from leak_scan import LogRecorder, declared_secrets, find_leaks
+from leak_scan import MINTED, LogRecorder, declared_secrets, find_leaks, remember_minted
 from mcp_access_guard.testing import LocalAccess
 
 TOKEN_SECRET_EXAMPLE = "not-a-real-secret-but-declared"
@@ -41,3 +42,12 @@ def test_declared_secrets_are_read_from_module_globals() -> None:
     module.PAIRS_SECRET_MAP = {"id.access": "client-secret-x"}  # type: ignore[attr-defined]
     module.PUBLIC = "not a secret at all"  # type: ignore[attr-defined]
     assert declared_secrets([module]) == {"tunnel-secret-1", "one-secret-a", "client-secret-x"}
+
+
+def test_a_value_a_test_minted_and_registered_is_found() -> None:
+    verifier = secrets.token_urlsafe(48)
+    remember_minted(verifier, "short", None)
+    assert verifier in MINTED
+    assert "short" not in MINTED
+    assert find_leaks(["clean line"], MINTED, []) == []
+    assert find_leaks([f"code_verifier={verifier}&state=x"], MINTED, []) == ["1 token signature(s) appear in the log"]

@@ -571,3 +571,36 @@ def test_secret_key_id_hashes_the_secret_per_kind() -> None:
 def test_secret_key_id_refuses_odd_kinds(kind: str) -> None:
     with pytest.raises(ValueError, match="kind"):
         secret_key_id(kind, "secret")
+
+
+async def test_sqlite_reads_run_beside_each_other_and_see_every_committed_write(tmp_path: Path) -> None:
+    """Reads go through each worker thread's own connection: many at once, while the writer writes, each sees the
+    value last committed, and closing the store closes them all."""
+    store = SQLiteStore(tmp_path / "oauth.sqlite3")
+    keys = [f"k{index}" for index in range(40)]
+    for key in keys:
+        await store.put(key, b"first", ttl=LONG)
+    seen: dict[str, bytes | None] = {}
+
+    async def read(key: str) -> None:
+        seen[key] = await store.get(key)
+
+    async with anyio.create_task_group() as group:
+        for key in keys:
+            group.start_soon(read, key)
+    assert seen == dict.fromkeys(keys, b"first")
+    async def write(key: str) -> None:
+        await store.put(key, b"second", ttl=LONG)
+
+    async with anyio.create_task_group() as group:
+        for key in keys:
+            group.start_soon(write, key)
+    assert [await store.get(key) for key in keys] == [b"second"] * len(keys)
+    assert await store.take(keys[0]) == b"second"
+    assert await store.get(keys[0]) is None
+    readers = list(store._readers)
+    assert len(readers) > 1, "the reads did not run beside each other"
+    await store.aclose()
+    for reader in readers:
+        with pytest.raises(sqlite3.ProgrammingError):
+            reader.execute("SELECT 1")

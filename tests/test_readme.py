@@ -224,3 +224,18 @@ def test_the_curl_example_is_the_request_serve_dev_prints() -> None:
     assert headers.pop("Cf-Access-Jwt-Assertion") == "$TOKEN"
     assert headers == request.headers
     assert json.loads(curl[curl.index("--data") + 1]) == request.body
+
+
+def test_every_command_line_option_is_in_the_command_reference() -> None:
+    import argparse
+
+    from mcp_access_guard.cli import build_parser
+
+    (commands,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    missing = []
+    for name, parser in commands.choices.items():
+        for action in parser._actions:
+            options = [option for option in action.option_strings if option not in ("-h", "--help")]
+            if options and not any(re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", README) for option in options):
+                missing.append(f"{name} {options[0]}")
+    assert not missing, f"options missing from the README: {missing}"

@@ -4,6 +4,7 @@ is imported only when that command runs, so `serve` never loads the dev issuer a
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 import sys
@@ -19,6 +20,9 @@ Where the guard's settings come from (GuardConfig.load, as `check` reads them to
   no --config     every setting comes from the environment (TEAM_DOMAIN, POLICY_AUD, GUARD_* ...; see the README).
   --dev           as above, except that Access is always the embedded dev issuer: the file's [access] team and
                   audience and TEAM_DOMAIN/POLICY_AUD are replaced by it (the file's other [access] keys still apply).
+  --dev --oauth   as above, in OAuth mode: an embedded Access for SaaS application is the login, and it replaces
+                  the public URL, the application, COOKIE_ENCRYPTION_KEY and the store (the file's other [oauth] keys
+                  still apply).
 
 Open mode (GUARD_DEV=1 or dev = true with no team domain and audience) answers anyone: serve says so on stderr at
 start, and, like --dev, refuses a --host that is not a loopback address unless --allow-dev-on-network is given.
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .demo import run_demo
 
-        return 0 if anyio.run(run_demo) else 1
+        return 0 if anyio.run(functools.partial(run_demo, access=not args.oauth)) else 1
     if args.command == "serve":
         from .serve import run_serve
 
@@ -65,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-access-guard", description="Put an MCP server behind Cloudflare Access.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run a guarded MCP server on loopback and call it as several callers")
+    demo = commands.add_parser(
+        "demo",
+        help="run a guarded MCP server on loopback and call it as several callers",
+        description="Run a guarded MCP server on loopback and call it as several callers: behind Cloudflare Access, "
+        "then in OAuth mode. Exits 0 only when every caller got what it should.",
+    )
+    demo.add_argument("--oauth", action="store_true", help="show OAuth mode only")
     _add_verbose(demo)
 
     serve = commands.add_parser(
@@ -118,6 +128,12 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--dev",
         action="store_true",
         help="local use only: run against an embedded Access issuer, print client commands",
+    )
+    parser.add_argument(
+        "--oauth",
+        action="store_true",
+        help="with --dev: OAuth mode, an embedded Access for SaaS application as the login; print the OAuth "
+        "clients' commands",
     )
     parser.add_argument(
         "--dev-state",

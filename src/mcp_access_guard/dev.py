@@ -1,11 +1,13 @@
 """Dev mode: `serve --dev` (an embedded `LocalAccess` issuer, the state file `token` reads, the ready-to-paste client
-commands) and the `token` command. The one command module that imports the test issuer; `serve` imports it only
+commands), `serve --dev --oauth` (OAuth mode with an embedded `LocalAccessSaaS` as the login, and the OAuth clients'
+commands) and the `token` command. The one command module that imports the test issuers; `serve` imports it only
 with --dev, so a production server never loads a key that mints tokens."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import shlex
 import sys
 from collections.abc import Iterator
@@ -14,7 +16,9 @@ from pathlib import Path
 
 from .identity import SERVICE_TOKEN_SUFFIX
 from .mcp_request import tools_list_request
-from .testing import LocalAccess
+from .oauth.config import OAUTH_ENVIRONMENT, UPSTREAM_ENVIRONMENT
+from .oauth.metadata import AUTHORIZATION_SERVER_PATH
+from .testing import LocalAccess, LocalAccessSaaS
 
 DEV_USER = "alice@example.com"
 DEV_SERVICE_TOKEN = "dev-robot.access"
@@ -46,8 +50,7 @@ def state_file(issuer: LocalAccess, path: Path) -> Iterator[None]:
 
 def instructions(issuer: LocalAccess, args: argparse.Namespace, state_path: Path) -> str:
     """What --dev prints: the warning, where things are, and client commands with fresh tokens."""
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104 (a wildcard is not a URL)
-    url = f"http://{f'[{host}]' if ':' in host else host}:{args.port}/mcp"
+    url = f"{dev_public_url(args)}/mcp"
     user = issuer.user_token(DEV_USER, expires_in=DEV_TOKEN_SECONDS)
     robot = issuer.service_token(DEV_SERVICE_TOKEN, expires_in=DEV_TOKEN_SECONDS)
     lines = [
@@ -77,6 +80,82 @@ def instructions(issuer: LocalAccess, args: argparse.Namespace, state_path: Path
         "",
     ]
     return "\n".join(lines)
+
+
+# -- serve --dev --oauth ----------------------------------------------------------------------------------------------
+
+
+def dev_public_url(args: argparse.Namespace) -> str:
+    """Where clients reach the dev server: its loopback address (a wildcard --host is reached through 127.0.0.1)."""
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104 (a wildcard is not a URL)
+    return f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
+
+
+@contextmanager
+def running_saas(public_url: str) -> Iterator[LocalAccessSaaS]:
+    """A throwaway Access for SaaS application on loopback that signs everyone in as DEV_USER, with our callback as
+    its one registered redirect URL, for as long as the server runs."""
+    saas = LocalAccessSaaS(redirect_uris=[public_url + "/oauth/callback"]).start()
+    saas.login_as(DEV_USER)
+    try:
+        yield saas
+    finally:
+        saas.stop()
+
+
+def saas_environment(saas: LocalAccessSaaS, public_url: str, store: str) -> dict[str, str]:
+    """OAuth mode's variables for the dev application, as a deployment sets them (Cloudflare's names): every worker
+    reads the same ones. A new COOKIE_ENCRYPTION_KEY each run, like the application's new keys."""
+    upstream = saas.config()
+    return {
+        UPSTREAM_ENVIRONMENT["client_id"]: upstream.client_id,
+        UPSTREAM_ENVIRONMENT["client_secret"]: upstream.client_secret,
+        UPSTREAM_ENVIRONMENT["issuer"]: upstream.issuer,
+        UPSTREAM_ENVIRONMENT["authorization_url"]: saas.authorization_url,
+        UPSTREAM_ENVIRONMENT["token_url"]: saas.token_url,
+        UPSTREAM_ENVIRONMENT["jwks_url"]: saas.jwks_url,
+        OAUTH_ENVIRONMENT["public_url"]: public_url,
+        OAUTH_ENVIRONMENT["secret_key"]: secrets.token_hex(32),
+        OAUTH_ENVIRONMENT["store"]: store,
+    }
+
+
+def oauth_instructions(saas: LocalAccessSaaS, args: argparse.Namespace, public_url: str) -> str:
+    """What --dev --oauth prints: the warning, where things are, and the OAuth clients' commands."""
+    url = f"{public_url}/mcp"
+    lines = [
+        "!" * 100,
+        "!! DEV MODE, FOR LOCAL USE ONLY: a throwaway Access for SaaS login runs in this process and signs in anyone",
+        f"!! who reaches it as {DEV_USER}, with no password.",
+        "!" * 100,
+        "",
+        f"Serving {args.app} at {url} in OAuth mode behind the full guard stack ({args.workers} worker(s)).",
+        f"Login: a dev Access for SaaS application at {saas.issuer}, which signs everyone in as {DEV_USER}.",
+        f"Clients find everything else at {public_url}{AUTHORIZATION_SERVER_PATH}, register themselves, and open",
+        "your browser at the consent page; approve, and they are signed in.",
+        "",
+        "mcp-remote:",
+        f"  {shlex.join(['npx', '-y', 'mcp-remote', url])}",
+        "",
+        "Claude Desktop, Cursor and other stdio clients (an mcpServers entry, through mcp-remote):",
+        *(f"  {line}" for line in oauth_mcp_remote_entry(url).splitlines()),
+        "",
+        "MCP Inspector CLI (2.x; needs Node 22.19 or later):",
+        f"  {oauth_inspector_command(url)}",
+        "",
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def oauth_inspector_command(url: str) -> str:
+    return shlex.join(["npx", "-y", INSPECTOR_PACKAGE, "--cli", url, "--transport", "http", "--method", "tools/list"])
+
+
+def oauth_mcp_remote_entry(url: str) -> str:
+    entry = {"command": "npx", "args": ["-y", "mcp-remote", url]}
+    return json.dumps({"mcpServers": {"mcp-access-guard-dev": entry}}, indent=2)
 
 
 def curl_command(url: str, token: str) -> str:

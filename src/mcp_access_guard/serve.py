@@ -1,5 +1,6 @@
 """`mcp-access-guard serve MODULE:APP`: any ASGI MCP app (or an MCP server object) behind the whole `guard()` stack,
-run by uvicorn. `--dev` runs it against an embedded issuer (`dev.py`, imported only then).
+run by uvicorn. `--dev` runs it against an embedded issuer, `--dev --oauth` in OAuth mode against an embedded Access
+for SaaS application (`dev.py`, imported only then).
 
 The configuration is read here, in this process, with `GuardConfig.load` (the file, then the environment for what it
 leaves out). With several workers uvicorn needs an import string, so only then does this process put what to build
@@ -17,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,11 +28,12 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import AccessConfig, ConfigError, is_loopback
+from .oauth.config import OAUTH_ENVIRONMENT, UPSTREAM_ENVIRONMENT
 from .settings import GuardConfig
 from .stack import guard
 
 if TYPE_CHECKING:
-    from .testing import LocalAccess
+    from .testing import LocalAccess, LocalAccessSaaS
 
 # How the serving process tells each worker what to build (see `app_from_environment`), with --workers above 1.
 APP_VARIABLE = "MCP_ACCESS_GUARD_APP"
@@ -38,6 +41,10 @@ APP_DIR_VARIABLE = "MCP_ACCESS_GUARD_APP_DIR"
 CONFIG_VARIABLE = "MCP_ACCESS_GUARD_CONFIG"
 DEV_ISSUER_VARIABLE = "MCP_ACCESS_GUARD_DEV_ISSUER"
 DEV_AUDIENCE_VARIABLE = "MCP_ACCESS_GUARD_DEV_AUDIENCE"
+DEV_OAUTH_VARIABLE = "MCP_ACCESS_GUARD_DEV_OAUTH"
+# What the embedded issuers replace in the environment (each mode's own settings, so that the other mode's are not
+# read beside them).
+ACCESS_VARIABLES = ("TEAM_DOMAIN", "POLICY_AUD", "ACCESS_CERTS_URL")
 
 OPEN_MODE_BANNER = """\
 {bar}
@@ -84,10 +91,19 @@ def import_app(spec: str, app_dir: str) -> ASGIApp:
 
 
 def load_config(
-    config_path: str | None, environ: Mapping[str, str], *, dev_issuer: tuple[str, str] | None = None
+    config_path: str | None,
+    environ: Mapping[str, str],
+    *,
+    dev_issuer: tuple[str, str] | None = None,
+    dev_oauth: bool = False,
 ) -> GuardConfig:
     """`GuardConfig.load`'s precedence (the file, then the environment for what it leaves out). `dev_issuer` (its
-    URL and audience) replaces the team and audience, wherever they came from; other Access settings stay."""
+    URL and audience) replaces the team and audience, wherever they came from; other Access settings stay.
+    `dev_oauth`: the environment holds the dev Access for SaaS application's settings (`dev.saas_environment`), and
+    they replace the public URL, the application, the key and the store wherever those came from; the other OAuth
+    settings stay."""
+    if dev_oauth:
+        return GuardConfig.load(config_path, environ, over={"oauth": _dev_oauth_table(environ)})
     if dev_issuer is None:
         return GuardConfig.load(config_path, environ)
     url, audience = dev_issuer
@@ -101,11 +117,24 @@ def load_config(
     return dataclasses.replace(config, access=dev_access)
 
 
+def _dev_oauth_table(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The [oauth] keys of the dev Access for SaaS application, from the variables `dev.saas_environment` set."""
+    own = {key: environ[variable] for key, variable in OAUTH_ENVIRONMENT.items()}
+    upstream = {key: environ[variable] for key, variable in UPSTREAM_ENVIRONMENT.items()}
+    return {**own, "upstream": upstream}
+
+
 def build_guarded_app(
-    spec: str, app_dir: str, config_path: str | None, environ: Mapping[str, str], dev_issuer: tuple[str, str] | None
+    spec: str,
+    app_dir: str,
+    config_path: str | None,
+    environ: Mapping[str, str],
+    dev_issuer: tuple[str, str] | None,
+    *,
+    dev_oauth: bool = False,
 ) -> tuple[ASGIApp, GuardConfig]:
     app = import_app(spec, app_dir)
-    config = load_config(config_path, environ, dev_issuer=dev_issuer)
+    config = load_config(config_path, environ, dev_issuer=dev_issuer, dev_oauth=dev_oauth)
     # In every process that serves (the workers too): the access log never carries a query string, where OAuth mode
     # has Access's code and state on /oauth/callback.
     access_log = logging.getLogger("uvicorn.access")
@@ -156,7 +185,12 @@ def app_from_environment() -> ASGIApp:
     issuer = environ.get(DEV_ISSUER_VARIABLE)
     dev_issuer = (issuer, environ[DEV_AUDIENCE_VARIABLE]) if issuer else None
     app, _ = build_guarded_app(
-        environ[APP_VARIABLE], environ[APP_DIR_VARIABLE], environ.get(CONFIG_VARIABLE) or None, environ, dev_issuer
+        environ[APP_VARIABLE],
+        environ[APP_DIR_VARIABLE],
+        environ.get(CONFIG_VARIABLE) or None,
+        environ,
+        dev_issuer,
+        dev_oauth=environ.get(DEV_OAUTH_VARIABLE) == "1",
     )
     return app
 
@@ -183,18 +217,41 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, cleanup: ExitStack) -> None:
     issuer: LocalAccess | None = None
+    saas: LocalAccessSaaS | None = None
     dev_issuer = None
+    if args.oauth and not args.dev:
+        raise ServeError(
+            "--oauth goes with --dev (an embedded Access for SaaS login); a real deployment is put in OAuth mode by "
+            "its settings (ACCESS_CLIENT_ID, ... or an [oauth] table)"
+        )
     if args.dev:
-        _refuse_off_loopback(args, "--dev (an issuer whose key is in a local file)")
-        from .dev import running_issuer
+        what = "a login that signs in anyone" if args.oauth else "an issuer whose key is in a local file"
+        _refuse_off_loopback(args, f"--dev ({what})")
+        for name in ACCESS_VARIABLES:
+            os.environ.pop(name, None)
+        if args.oauth:
+            from .dev import dev_public_url, running_saas, saas_environment
 
-        issuer = cleanup.enter_context(running_issuer())
-        dev_issuer = (issuer.url, issuer.audience)
-        # The served app may read its Access settings from the environment itself, as a real deployment does.
-        os.environ.update(TEAM_DOMAIN=issuer.url, POLICY_AUD=issuer.audience)
-        os.environ.pop("ACCESS_CERTS_URL", None)
+            public_url = dev_public_url(args)
+            saas = cleanup.enter_context(running_saas(public_url))
+            # One worker keeps its grants in memory; several share a SQLite file that goes when the server stops.
+            store = "memory:"
+            if args.workers > 1:
+                scratch = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="mcp-access-guard-dev-"))
+                store = f"sqlite:///{Path(scratch, 'oauth.sqlite3').resolve()}"
+            # As a deployment sets them: the served app, and every worker, read the same settings.
+            os.environ.update(saas_environment(saas, public_url, store))
+        else:
+            from .dev import running_issuer
+
+            issuer = cleanup.enter_context(running_issuer())
+            dev_issuer = (issuer.url, issuer.audience)
+            # The served app may read its Access settings from the environment itself, as a real deployment does.
+            os.environ.update(TEAM_DOMAIN=issuer.url, POLICY_AUD=issuer.audience)
     # Built here even with several workers: a bad app or configuration fails now, in one line.
-    app, config = build_guarded_app(args.app, os.getcwd(), args.config, os.environ, dev_issuer)
+    app, config = build_guarded_app(
+        args.app, os.getcwd(), args.config, os.environ, dev_issuer, dev_oauth=saas is not None
+    )
     if config.oauth is not None and args.workers > 1 and config.oauth.store.startswith("memory:"):
         raise ServeError(
             "the memory: OAuth store lives in one process: with --workers above 1, a code or token issued by one "
@@ -211,6 +268,7 @@ def _serve(args: argparse.Namespace, cleanup: ExitStack) -> None:
                 CONFIG_VARIABLE: args.config or "",  # workers share this working directory
                 DEV_ISSUER_VARIABLE: dev_issuer[0] if dev_issuer else "",
                 DEV_AUDIENCE_VARIABLE: dev_issuer[1] if dev_issuer else "",
+                DEV_OAUTH_VARIABLE: "1" if saas is not None else "",
             }
         )
     if issuer is not None:
@@ -222,6 +280,10 @@ def _serve(args: argparse.Namespace, cleanup: ExitStack) -> None:
         except OSError as exc:
             raise ServeError(f"cannot write the dev state file {args.dev_state}: {exc.strerror or exc}") from None
         print(instructions(issuer, args, state_path), flush=True)
+    if saas is not None:
+        from .dev import dev_public_url, oauth_instructions
+
+        print(oauth_instructions(saas, args, dev_public_url(args)), flush=True)
     if "FORWARDED_ALLOW_IPS" in os.environ:
         print(
             "mcp-access-guard serve: FORWARDED_ALLOW_IPS is not read; proxy headers are trusted from "

@@ -98,13 +98,22 @@ class GuardConfig:
         check_whole("max_body_bytes", self.max_body_bytes, 1, MAX_BODY_BYTES_LIMIT)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> GuardConfig:
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        over: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> GuardConfig:
         """The precedence `serve` and `check` use: the TOML file at `path` when given, then the environment for every
-        setting the file leaves out. With no file, the environment alone."""
+        setting the file leaves out. With no file, the environment alone. `over` (tables shaped like the file's)
+        wins over both: `serve --dev --oauth` puts its embedded login there."""
         env = os.environ if environ is None else environ
         document = _Document.from_env(env)
         if path is not None:
             document = _Document.from_toml(path).over(document)
+        if over is not None:
+            document = _Document.from_tables(over, document.where).over(document)
         return document.guard_config()
 
     @classmethod

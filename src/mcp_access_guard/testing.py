@@ -623,8 +623,9 @@ class LocalAccessSaaS(_LoopbackService):
     single-use codes and client authentication by `client_secret_basic` or `client_secret_post`; refresh tokens
     rotate. What cannot be known from outside Cloudflare is a switch (`audience_as_list`,
     `iss_in_authorization_response`, `id_token_on_refresh`), and the faults are `fault` (`slow`, `http_500`, on
-    `fault_endpoints` or on all), `go_down()`, `id_token_fault`, `refresh_fault`, `discovery_issuer`, `rotate()` and
-    `drop()`. Everything clients send is recorded in `authorization_requests` and `token_requests`.
+    `fault_endpoints` or on all), `go_down()`, `id_token_fault`, `id_token_headers`, `refresh_fault`,
+    `discovery_issuer`, `rotate()` and `drop()`. Everything clients send is recorded in `authorization_requests`
+    and `token_requests`.
     """
 
     _handler = _SaaSHandler
@@ -664,6 +665,8 @@ class LocalAccessSaaS(_LoopbackService):
         self.fault_endpoints: set[SaaSEndpoint] | None = None
         self.slow_seconds = 10.0
         self.id_token_fault: IdTokenFault | None = None
+        # Merged into each id_token's JOSE header (DROP removes a field): kid, typ, crit, jku and the like.
+        self.id_token_headers: Mapping[str, Any] | None = None
         self.refresh_fault: Literal["invalid_grant"] | None = None
         self.discovery_issuer: str | None = None
         self.code_ttl = 60.0
@@ -869,7 +872,7 @@ class LocalAccessSaaS(_LoopbackService):
             key = SigningKey.generate()
         elif fault == "rogue_key":
             key = SigningKey(kid=key.kid, private_key=SigningKey.generate().private_key)
-        return self.sign(claims, key=key, algorithm=algorithm)
+        return self.sign(claims, headers=self.id_token_headers, key=key, algorithm=algorithm)
 
     def user_claims(self, user: SaaSUser) -> dict[str, Any]:
         claims: dict[str, Any] = {"sub": user.subject, "email": user.email}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from check_support import assert_token_not_shown, check, lines, run_configuration_check, run_token_check
-from mcp_access_guard.testing import Fault, LocalAccess
+from mcp_access_guard.testing import Fault, LocalAccess, LocalAccessSaaS
 
 
 def test_the_configuration_alone_lists_the_keys(
@@ -301,20 +301,20 @@ def test_a_configuration_serve_would_refuse_fails(
 def test_oauth_mode_is_not_called_open_and_its_secrets_are_not_printed(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client_id = "0123456789abcdef" * 4
-    issuer = f"https://myteam.cloudflareaccess.com/cdn-cgi/access/sso/oidc/{client_id}"
     oauth_secrets = {"ACCESS_CLIENT_SECRET": secrets.token_hex(32), "COOKIE_ENCRYPTION_KEY": secrets.token_hex(32)}
-    for name, value in {
-        "ACCESS_CLIENT_ID": client_id,
-        "ACCESS_AUTHORIZATION_URL": f"{issuer}/authorization",
-        "ACCESS_TOKEN_URL": f"{issuer}/token",
-        "ACCESS_JWKS_URL": f"{issuer}/jwks",
-        "GUARD_PUBLIC_URL": "https://mcp.example.com",
-        "GUARD_DEV": "",
-        **oauth_secrets,
-    }.items():
-        monkeypatch.setenv(name, value)
-    status = check()
+    # The Access for SaaS application answers for real (test_check_oauth.py checks what is said about it).
+    with LocalAccessSaaS(client_secret=oauth_secrets["ACCESS_CLIENT_SECRET"]) as saas:
+        for name, value in {
+            "ACCESS_CLIENT_ID": saas.client_id,
+            "ACCESS_AUTHORIZATION_URL": saas.authorization_url,
+            "ACCESS_TOKEN_URL": saas.token_url,
+            "ACCESS_JWKS_URL": saas.jwks_url,
+            "GUARD_PUBLIC_URL": "https://mcp.example.com",
+            "GUARD_DEV": "",
+            **oauth_secrets,
+        }.items():
+            monkeypatch.setenv(name, value)
+        status = check()
     captured = capsys.readouterr()
 
     assert status == 0, captured.out

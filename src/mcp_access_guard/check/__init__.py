@@ -8,6 +8,9 @@ Three checks, each run when its input is given:
 - `--url URL` with a service token (`--client-id` / `--client-secret`, or `CF_ACCESS_CLIENT_ID` /
   `CF_ACCESS_CLIENT_SECRET`) (`url.py`).
 
+In OAuth mode the configuration's part also asks the Access for SaaS application (`oauth.py`), and `--url` sends a
+bearer token nobody issued, to see whether this server or something in front of it answers.
+
 Each finding is one line (`report.py`): a mark (`ok`, `FAIL`, `warn`, or `info` for facts), what was found, and the
 fix. The exit status is 0 only when no line says FAIL; warnings do not change it. No token, signature, shared secret
 or client secret is ever printed: lines show claim values and shortened AUD tags and key ids, a URL is shown without
@@ -25,6 +28,7 @@ import anyio
 
 from ..identity import SERVICE_TOKEN_SUFFIX
 from .configuration import check_configuration
+from .oauth import check_oauth_url
 from .report import Report, library_logs_captured, without_query
 from .token import check_token, secret_parts
 from .url import check_url
@@ -62,7 +66,12 @@ async def _run(
         if token is not None:
             report.section("token")
             await check_token(report, token, config, verifier)
-        if args.url:
+        oauth = config.oauth if config is not None else None
+        if args.url and oauth is not None:
+            report.section(f"OAuth mode test of {without_query(args.url)}")
+            await check_oauth_url(report, args.url, oauth, args.timeout)
+        if args.url and (oauth is None or client_id or client_secret):
+            # In OAuth mode, a service token is tested only when one is given (direct pairs beside OAuth).
             report.section(f"service token test of {without_query(args.url)}")
             await check_url(report, args.url, client_id, client_secret, args.timeout)
     finally:

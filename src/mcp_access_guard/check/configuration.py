@@ -13,6 +13,7 @@ from ..jwks import KeyFetchFailure
 from ..settings import GuardConfig
 from ..stack import guard
 from ..verifier import AccessVerifier
+from .oauth import check_oauth
 from .report import ANY_CASE_AUD_TAG, AUD_TAG, Report, plural, short, short_list
 
 
@@ -39,7 +40,7 @@ TOML_NAMES = SettingNames(
     "[cors] allowed_hosts",
     "dev",
 )
-_CONFIGURATION_VARIABLES = ("TEAM_DOMAIN", "POLICY_AUD", "ACCESS_CERTS_URL", "GUARD_DEV")
+_CONFIGURATION_VARIABLES = ("TEAM_DOMAIN", "POLICY_AUD", "ACCESS_CERTS_URL", "GUARD_DEV", "ACCESS_CLIENT_ID")
 
 
 async def check_configuration(
@@ -67,10 +68,7 @@ async def check_configuration(
     report.never_print(*shared.secrets, *shared.client_credentials, *shared.client_credentials.values())
     if config.oauth is not None:
         report.never_print(config.oauth.upstream.client_secret, config.oauth.secret_key)
-        report.info(
-            "OAuth mode (Access for SaaS as the login): its settings are read and well-formed; this check does not "
-            "diagnose OAuth mode further"
-        )
+        await check_oauth(report, config)
         report_stack(report, config, names)
         return config, None
     if config.access is None:
@@ -160,7 +158,8 @@ def report_stack(report: Report, config: GuardConfig, names: SettingNames) -> No
             "turn it on, listing any other path the app needs"
         )
     else:
-        report.ok(f"paths: only {', '.join(config.paths.allow)} are served, everything else is 404")
+        own = " and the authorization server's" if config.oauth is not None else ""
+        report.ok(f"paths: only {', '.join(config.paths.allow)}{own} are served, everything else is 404")
     if config.cors is None:
         report.warn(
             "browser-origin layer off ([cors] enabled): a web page on any site can make a visitor's browser call "

@@ -4,9 +4,10 @@ turns `Authorization: Bearer` into the same identity the Access JWT layer gives.
 from __future__ import annotations
 
 import logging
+import random
 import time
 
-from cachetools import TTLCache
+from cachetools import LRUCache
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,8 +15,7 @@ from ..audit import log_decision
 from ..config import ConfigError
 from ..identity import SCOPE_STATE_KEY, AccessIdentity, bind_identity
 from ..oauth.errors import UpstreamUnavailable
-from ..oauth.grants import REVOCATION_MEMORY, BearerGrant, InvalidBearer
-from ..oauth.records import access_token_key
+from ..oauth.grants import BearerGrant, InvalidBearer
 from ..oauth.server import OAuthServer
 from ..oauth.store import StoreUnavailable
 from ..policy import Rule
@@ -23,9 +23,9 @@ from ..policy import Rule
 logger = logging.getLogger("mcp_access_guard")
 
 _LAYER = "oauth_bearer"
-# A revocation in another process is seen here when the cached lookup expires; this process's own revocations are
-# seen at once, for as long as the server remembers them: no cached lookup may outlive that.
-MAX_CACHE_TTL = REVOCATION_MEMORY
+# A revocation in another process is seen here when the cached lookup expires (this process's own at once): never
+# later than this.
+MAX_CACHE_TTL = 300.0
 _AUTHORIZATION = b"authorization"
 _BODY = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
 _WEBSOCKET_CLOSE = {401: 1008, 403: 1008, 503: 1013}
@@ -84,9 +84,10 @@ class OAuthBearerMiddleware:
 
     The identity is bound exactly as the Access JWT layer binds it (`current_identity()`, the mcp SDK's auth
     context, `scope["state"]`), with `oauth_client_id` set; the Authorization header is removed before the app.
-    Token lookups are cached for `cache_ttl` seconds (at most `cache_size` tokens): that is how long a grant revoked
-    by another process stays usable here; one revoked by this process is dropped at once. `cache_ttl=0` turns the
-    cache off.
+    Token lookups are cached for up to `cache_ttl` seconds (at most `cache_size` tokens; each entry a random part of
+    a quarter less, so that entries made together do not expire together): that is how long a grant revoked by
+    another process stays usable here; one revoked by this process is dropped at once. `cache_ttl=0` turns the cache
+    off.
 
     No token: 401 with `WWW-Authenticate: Bearer resource_metadata=...`. A bad, expired or revoked token: 401 with
     `error="invalid_token"` (`invalid_request` for a malformed header). Refused by `allow`: 403. Store down: 503.
@@ -108,9 +109,11 @@ class OAuthBearerMiddleware:
         self.app = app
         self.server = server
         self.rules = tuple(rule for rule in (server.config.allow, allow) if rule is not None)
-        self._cache: TTLCache[str, BearerGrant] | None = (
-            TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None
+        # Looked-up grants, each with the moment (monotonic) it must be looked up again.
+        self._cache: LRUCache[str, tuple[BearerGrant, float]] | None = (
+            LRUCache(maxsize=cache_size) if cache_ttl > 0 else None
         )
+        self._cache_ttl = cache_ttl
         self._challenge = f'Bearer resource_metadata="{server.resource_metadata_url}"'
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,17 +121,17 @@ class OAuthBearerMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            token = _bearer_token(scope)
+            token, other_headers = _bearer_token(scope)
         except _MalformedAuthorization as malformed:
             log_decision(scope, layer=_LAYER, decision="deny", reason=malformed.reason)
             await self._refuse(401, scope, receive, send, error="invalid_request")
             return
-        bound = scope.get("state", {}).get(SCOPE_STATE_KEY)
-        if token is None and bound is not None and bound.is_service_token:
-            # A direct CF-Access-Client-Id/Secret pair the service-token layer has checked: machines keep using it.
-            await self._admit(scope, receive, send, bound, "service_token_pair")
-            return
         if token is None:
+            bound = scope.get("state", {}).get(SCOPE_STATE_KEY)
+            if bound is not None and bound.is_service_token:
+                # A direct CF-Access-Client-Id/Secret pair the service-token layer has checked: machines keep using it.
+                await self._admit(scope, receive, send, bound, "service_token_pair")
+                return
             log_decision(scope, layer=_LAYER, decision="deny", reason="missing")
             await self._refuse(401, scope, receive, send)
             return
@@ -144,11 +147,10 @@ class OAuthBearerMiddleware:
             await self._refuse(503, scope, receive, send)
             return
         # The bearer is ours: it never reaches the app, and so never tool code or a downstream call.
-        scope = {**scope, "headers": [header for header in scope["headers"] if header[0] != _AUTHORIZATION]}
-        await self._admit(scope, receive, send, grant.identity, "verified")
+        await self._admit({**scope, "headers": other_headers}, receive, send, grant.identity, "verified")
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, identity: AccessIdentity, reason: str) -> None:
-        if not all(rule.matches(identity) for rule in self.rules):
+        if self.rules and not all(rule.matches(identity) for rule in self.rules):
             log_decision(scope, layer=_LAYER, decision="deny", reason="not_allowed", principal=identity.principal)
             await self._refuse(403, scope, receive, send)
             return
@@ -160,18 +162,23 @@ class OAuthBearerMiddleware:
         cache = self._cache
         if cache is None:
             return await self.server.authenticate_bearer(token)
-        key = access_token_key(token)
-        grant = cache.get(key)
-        if grant is not None:
+        # Keyed by the token itself, as the Access JWT layer's cache is: this process holds it anyway while the
+        # request lasts; the store only ever sees its hash.
+        entry = cache.get(token)
+        if entry is not None:
+            grant, look_again_at = entry
             if grant.grant_id in self.server.grants.revoked:
-                cache.pop(key, None)
+                cache.pop(token, None)
                 raise InvalidBearer("revoked")
             if grant.expires_at <= time.time():
-                cache.pop(key, None)
+                cache.pop(token, None)
                 raise InvalidBearer("expired")
-            return grant
+            if time.monotonic() < look_again_at:
+                return grant
         grant = await self.server.authenticate_bearer(token)
-        cache[key] = grant
+        # Up to a quarter less, at random: entries made together (clients reconnecting at once) would otherwise all
+        # go back to the store together, every cache_ttl, and queue there.
+        cache[token] = (grant, time.monotonic() + self._cache_ttl * (1 - random.random() / 4))  # noqa: S311
         return grant
 
     async def _refuse(self, status: int, scope: Scope, receive: Receive, send: Send, error: str | None = None) -> None:
@@ -188,16 +195,22 @@ class OAuthBearerMiddleware:
         await JSONResponse({"error": _BODY[status]}, status_code=status, headers=headers)(scope, receive, send)
 
 
-def _bearer_token(scope: Scope) -> str | None:
-    values: list[bytes] = [value for name, value in scope["headers"] if name == _AUTHORIZATION]
-    if not values:
-        return None
-    if len(values) > 1:
-        raise _MalformedAuthorization("several_authorization_headers")
-    scheme, _, token = values[0].decode("latin-1").partition(" ")
+def _bearer_token(scope: Scope) -> tuple[str | None, list[tuple[bytes, bytes]]]:
+    """The bearer token, if one came, and the headers without it (this runs on every request: one pass to find it,
+    slices for the rest)."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    found = -1
+    for position, (name, _) in enumerate(headers):
+        if name == _AUTHORIZATION:
+            if found >= 0:
+                raise _MalformedAuthorization("several_authorization_headers")
+            found = position
+    if found < 0:
+        return None, headers
+    scheme, _, token = headers[found][1].decode("latin-1").partition(" ")
     if scheme.lower() != "bearer":
         raise _MalformedAuthorization("not_bearer")
     token = token.strip(" ")
     if not token or " " in token:
         raise _MalformedAuthorization("malformed")
-    return token
+    return token, headers[:found] + headers[found + 1 :]

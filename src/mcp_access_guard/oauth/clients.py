@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..audit import log_decision
-from .config import BROWSER_SCHEMES, OAuthConfig
+from .config import BROWSER_SCHEMES, OAuthConfig, is_host
 from .records import (
     CLIENT_AUTH_METHODS,
     CLIENT_SECRET_PREFIX,
@@ -84,8 +84,9 @@ def redirect_uri_problem(uri: str, config: OAuthConfig) -> str | None:
         port = parts.port
     except ValueError:
         return "not_a_url"
-    raw_scheme = uri.partition(":")[0]
-    if not _SCHEME.fullmatch(raw_scheme):
+    raw_scheme, colon, _ = uri.partition(":")
+    if not colon or not _SCHEME.fullmatch(raw_scheme):
+        # No scheme: a relative reference, which the browser would resolve against this server.
         return "not_a_url"
     if "@" in parts.netloc:
         return "user_info"
@@ -94,6 +95,8 @@ def redirect_uri_problem(uri: str, config: OAuthConfig) -> str | None:
     if parts.scheme in ("https", "http"):
         if not host or not parts.netloc or parts.netloc.endswith(":"):
             return "no_host"
+        if not is_host(host):
+            return "not_a_url"
         if parts.scheme == "http" and host not in LOOPBACK_HOSTS:
             return "http_not_loopback"
         if _own_origin(parts.scheme, host, port, config):

@@ -51,6 +51,7 @@ BROWSER_SCHEMES = frozenset(
         "ftp",
         "http",
         "https",
+        "intent",
         "javascript",
         "mailto",
         "vbscript",
@@ -133,14 +134,15 @@ def _url(value: Any, setting: str) -> SplitResult:
         raise ConfigError(f"{setting}={text!r}: expected an https:// URL")
     if parts.scheme == "http" and not is_loopback(host):
         raise ConfigError(f"{setting}={text!r}: plain http:// is only allowed for a loopback host; use https://")
-    if not _is_host(host):
+    if not is_host(host):
         raise ConfigError(f"{setting}={text!r}: {host!r} is not a host name or an IP address")
     if "?" in text or "#" in text:
         raise ConfigError(f"{setting}={text!r}: expected no query (?) or fragment (#)")
     return parts
 
 
-def _is_host(host: str) -> bool:
+def is_host(host: str) -> bool:
+    """A host name of letter-digit-hyphen labels, or an IP address."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -336,7 +338,7 @@ def _store_url(value: Any, setting: str) -> str:
         except ValueError:
             raise ConfigError(f"{setting}={_without_credentials(text)!r}: {expected}") from None
         database = parts.path.removeprefix("/")
-        if not host or not _is_host(host) or (database and not database.isdigit()) or parts.fragment:
+        if not host or not is_host(host) or (database and not database.isdigit()) or parts.fragment:
             raise ConfigError(f"{setting}={_without_credentials(text)!r}: {expected}")
         if scheme == "redis" and not is_loopback(host):
             logger.warning(
@@ -428,7 +430,7 @@ def _redirect_host(item: Any, setting: str) -> str:
         return entry
     host = entry.removeprefix("*.")
     wildcard = host != entry
-    if ":" in host or not _is_host(host) or (wildcard and (host.count(".") < 1 or _is_ip(host))):
+    if ":" in host or not is_host(host) or (wildcard and (host.count(".") < 1 or _is_ip(host))):
         raise ConfigError(f"{setting} holds {entry!r}: {expected}")
     return entry
 

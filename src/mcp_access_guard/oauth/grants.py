@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 import anyio
-from cachetools import TTLCache
+from cachetools import LRUCache
 
 from ..identity import AccessIdentity
 from ..policy import Rule
@@ -60,8 +60,8 @@ REFRESH_GRACE = 30
 # a process that died meanwhile leaves a claim that the next refresh takes over.
 ROTATION_CLAIM_SECONDS = 30
 _ROTATION_POLL = 0.05
-# How long this process remembers the grants it revoked, so the bearer layer's cache drops their tokens at once.
-REVOCATION_MEMORY = 300.0
+# How many of the grants it revoked this process remembers, so the bearer layer's cache drops their tokens at once.
+REVOCATION_MEMORY = 10_000
 # Claims of the id_token not kept with the grant: one-time values of the login.
 _LOGIN_ONLY_CLAIMS = ("nonce", "at_hash", "c_hash", "auth_time")
 
@@ -143,9 +143,10 @@ class Grants:
         self._clock = clock
         self._upstream_refresh = ValueCipher(config.secret_key, "upstream-refresh-token")
         self._reissue = ValueCipher(config.secret_key, "refresh-reissue")
-        # Grants this process revoked lately: the bearer layer's cache drops their tokens at once here; other
-        # processes see the revocation when their cached entry expires.
-        self.revoked: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=REVOCATION_MEMORY)
+        # Grants this process revoked lately (the latest REVOCATION_MEMORY): the bearer layer's cache drops their
+        # tokens at once here; other processes see the revocation when their cached entry expires. A plain bounded
+        # map: the bearer layer asks it on every request.
+        self.revoked: LRUCache[str, bool] = LRUCache(maxsize=REVOCATION_MEMORY)
 
     # -- the callback: a new grant and its code ----------------------------------------------------------------
 

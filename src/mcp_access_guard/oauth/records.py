@@ -93,16 +93,29 @@ class Record:
             raise ValueError("not JSON") from None
         if not isinstance(document, dict):
             raise ValueError("not an object")
-        hints = get_type_hints(cls)
         values: dict[str, Any] = {}
-        for item in fields(cls):  # type: ignore[arg-type]
-            if item.name not in document:
-                raise ValueError(f"no {item.name}")
-            value = document[item.name]
-            if isinstance(value, list) and "tuple" in str(hints[item.name]):
+        for name, is_tuple in _layout(cls):
+            if name not in document:
+                raise ValueError(f"no {name}")
+            value = document[name]
+            if is_tuple and isinstance(value, list):
                 value = tuple(value)
-            values[item.name] = value
+            values[name] = value
         return cls(**values)
+
+
+_LAYOUTS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _layout(kind: type) -> tuple[tuple[str, bool], ...]:
+    """A record's fields, and which of them are tuples: read once per kind (resolving the hints costs about a
+    millisecond, on every store read, such as each bearer lookup the bearer layer's cache misses)."""
+    layout = _LAYOUTS.get(kind)
+    if layout is None:
+        hints = get_type_hints(kind)
+        layout = tuple((item.name, "tuple" in str(hints[item.name])) for item in fields(kind))
+        _LAYOUTS[kind] = layout
+    return layout
 
 
 @dataclass(frozen=True, slots=True)

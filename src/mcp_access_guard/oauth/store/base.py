@@ -3,6 +3,7 @@ secrets become keys."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -58,10 +59,16 @@ class OAuthStore(Protocol):
 def secret_key_id(kind: str, secret: str) -> str:
     """The store key for a secret (a token, a code, a state): `kind:` and the hex SHA-256 of kind and secret, so the
     raw secret is never a key and one kind's key can never name another kind's entry."""
+    digest = hashlib.sha256(_kind_prefix(kind) + secret.encode()).hexdigest()
+    return f"{kind}:{digest}"
+
+
+@functools.lru_cache(maxsize=64)
+def _kind_prefix(kind: str) -> bytes:
+    # Checked once per kind: a bearer lookup computes a key on every request.
     if not _KIND.fullmatch(kind):
         raise ValueError("kind must be 1-32 characters of a-z, 0-9 and _")
-    digest = hashlib.sha256(kind.encode() + b"\x00" + secret.encode()).hexdigest()
-    return f"{kind}:{digest}"
+    return kind.encode() + b"\x00"
 
 
 def check_ttl(seconds: float, name: str = "ttl") -> float:

@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -56,11 +57,13 @@ RETURNING count
 class SQLiteStore:
     """The store in the SQLite file at `path` (relative to the working directory at construction).
 
-    Blocking sqlite3 calls run in a worker thread, never on the event loop. One connection per store, used by one
-    thread at a time (a one-slot limiter): SQLite allows one writer at a time anyway, and the concurrency that
-    matters, several worker processes, is settled by SQLite's file locks. The file is opened on first use, created
-    with mode 0600 (its -wal and -shm files inherit the mode). `clock` is wall time, shared by every process; tests
-    may inject one.
+    Blocking sqlite3 calls run in a worker thread, never on the event loop. Writes go through one connection, used by
+    one thread at a time (a one-slot limiter): SQLite allows one writer at a time anyway, and the concurrency that
+    matters, several worker processes, is settled by SQLite's file locks. Reads (`get`, every bearer lookup the
+    bearer layer's cache misses) run beside each other and beside the writer, as WAL allows, each worker thread
+    through a connection of its own: queued behind one slot, a burst of lookups under load waits seconds. The file
+    is opened on first use, created with mode 0600 (its -wal and -shm files inherit the mode). `clock` is wall time,
+    shared by every process; tests may inject one.
     """
 
     def __init__(
@@ -78,6 +81,10 @@ class SQLiteStore:
         self._limiter = anyio.CapacityLimiter(1)
         self._connection: sqlite3.Connection | None = None
         self._next_sweep = 0.0
+        # Each worker thread's read connection, and all of them, to close.
+        self._thread_reader = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -173,7 +180,24 @@ class SQLiteStore:
         return await self._run(self._add, key, value, check_ttl(ttl))
 
     async def get(self, key: str) -> bytes | None:
-        return await self._run(self._get, key)
+        if self._connection is None:
+            # The writer's connection creates the file, with its mode, and the schema, before anything reads.
+            await self._run(_nothing)
+        return await anyio.to_thread.run_sync(self._read, key)
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            reader: sqlite3.Connection | None = getattr(self._thread_reader, "connection", None)
+            if reader is None:
+                reader = sqlite3.connect(
+                    self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                )
+                with self._readers_lock:
+                    self._readers.append(reader)
+                self._thread_reader.connection = reader
+            return self._get(reader, key)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"the SQLite OAuth store {self.path}: {exc}") from exc
 
     async def take(self, key: str) -> bytes | None:
         return await self._run(self._take, key)
@@ -190,3 +214,12 @@ class SQLiteStore:
     async def aclose(self) -> None:
         if self._connection is not None:
             await self._run(self._close)
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.close()
+        self._thread_reader = threading.local()
+
+
+def _nothing(db: sqlite3.Connection) -> None:
+    """An operation that only makes sure the connection is open."""
