@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import httpx
 import pytest
@@ -160,7 +160,6 @@ class Site:
         self.saas.come_back()
         for name, value in self.baseline.items():
             setattr(self.saas, name, value)
-        self.saas.slow_seconds = 10.0
 
 
 @contextlib.asynccontextmanager
@@ -471,13 +470,6 @@ def query_of(url: str) -> dict[str, str]:
 
 def leads_to(target: str, allowed: str) -> bool:
     return target == allowed or target.startswith((allowed + "?", allowed + "&"))
-
-
-def on_port(uri: str, port: int) -> str:
-    parts = urlsplit(uri)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    return urlunsplit(parts._replace(netloc=f"{netloc}:{port}"))
 
 
 # -- the families ---------------------------------------------------------------------------------------------------

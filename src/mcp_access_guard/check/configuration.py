@@ -68,7 +68,7 @@ async def check_configuration(
     report.never_print(*shared.secrets, *shared.client_credentials, *shared.client_credentials.values())
     if config.oauth is not None:
         report.never_print(config.oauth.upstream.client_secret, config.oauth.secret_key)
-        await check_oauth(report, config)
+        await check_oauth(report, config, config.oauth)
         report_stack(report, config, names)
         return config, None
     if config.access is None:

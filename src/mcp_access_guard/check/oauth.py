@@ -37,10 +37,8 @@ _MAX_DOCUMENT_BYTES = 64 * 1024
 _OUR_CHALLENGE = re.compile(r'Bearer error="invalid_token", resource_metadata="[^"]+"')
 
 
-async def check_oauth(report: Report, config: GuardConfig) -> None:
-    """The configuration's OAuth part (`config.oauth` is set)."""
-    oauth = config.oauth
-    assert oauth is not None
+async def check_oauth(report: Report, config: GuardConfig, oauth: OAuthConfig) -> None:
+    """The configuration's OAuth part; `oauth` is `config.oauth`."""
     report.info(
         f"OAuth mode: clients see issuer {oauth.issuer}, resource {oauth.resource}, resource metadata at "
         f"{resource_metadata_url(oauth)}"
@@ -50,7 +48,7 @@ async def check_oauth(report: Report, config: GuardConfig) -> None:
             f"GUARD_PUBLIC_URL ([oauth] public_url) {oauth.public_url} is plain http on loopback: only clients on "
             f"this machine can use it; a deployment's is the https:// name clients reach it at"
         )
-    await report_metadata(report, config)
+    await report_metadata(report, config, oauth)
     report.info(
         f"redirect URL the Access for SaaS application must list, exactly: {oauth.callback_url} "
         f"(OAuthConfig.callback_url)"
@@ -68,11 +66,9 @@ async def check_oauth(report: Report, config: GuardConfig) -> None:
 # -- what clients see -----------------------------------------------------------------------------------------------
 
 
-async def report_metadata(report: Report, config: GuardConfig) -> None:
+async def report_metadata(report: Report, config: GuardConfig, oauth: OAuthConfig) -> None:
     """Ask the stack `serve` would build, in this process, for what a client asks first, with the Host and Origin a
-    client of `public_url` sends: the two metadata documents, and the consent form's POST."""
-    oauth = config.oauth
-    assert oauth is not None
+    client of `public_url` sends: the two metadata documents, the resource, and the consent form's POST."""
     try:
         app = guard(_no_app, config)
     except (ValueError, ConfigError):
