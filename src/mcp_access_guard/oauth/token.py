@@ -15,6 +15,7 @@ from ..audit import log_decision
 from .authorize import canonical_resource
 from .clients import ClientAuthFailed, Clients
 from .grants import Grants, TokenRefused
+from .records import ClientRecord
 from .web import BadRequest, form_params, json_response, oauth_error
 
 _LAYER = "oauth_token"
@@ -30,15 +31,10 @@ class TokenEndpoint:
         self.config = grants.config
 
     async def token(self, request: Request) -> Response:
-        try:
-            form = await form_params(request)
-        except BadRequest as bad:
-            return self._refused(request, "invalid_request", bad.reason, "the request body is malformed", bad.status)
-        try:
-            client = await self.clients.authenticate(request, form)
-        except ClientAuthFailed as failed:
-            log_decision(request.scope, layer=_LAYER, decision="deny", reason=failed.reason)
-            return failed.response()
+        authenticated = await self._authenticated(request)
+        if isinstance(authenticated, Response):
+            return authenticated
+        form, client = authenticated
         grant_type = form.get("grant_type")
         if grant_type not in ("authorization_code", "refresh_token"):
             return self._refused(request, "unsupported_grant_type", "grant_type", "unsupported grant_type")
@@ -77,6 +73,19 @@ class TokenEndpoint:
 
     async def revoke(self, request: Request) -> Response:
         """Either token revokes the whole grant. 200 whatever the token, once the client is authenticated."""
+        authenticated = await self._authenticated(request)
+        if isinstance(authenticated, Response):
+            return authenticated
+        form, client = authenticated
+        token = form.get("token")
+        if token is None:
+            return self._refused(request, "invalid_request", "no_token", "token is required")
+        if len(token) <= MAX_CREDENTIAL_LENGTH:
+            await self.grants.revoke_token(token, client_id=client.client_id)
+        return json_response({})
+
+    async def _authenticated(self, request: Request) -> tuple[dict[str, str], ClientRecord] | Response:
+        """The request's form and its authenticated client, or the answer that refuses it."""
         try:
             form = await form_params(request)
         except BadRequest as bad:
@@ -86,12 +95,7 @@ class TokenEndpoint:
         except ClientAuthFailed as failed:
             log_decision(request.scope, layer=_LAYER, decision="deny", reason=failed.reason)
             return failed.response()
-        token = form.get("token")
-        if token is None:
-            return self._refused(request, "invalid_request", "no_token", "token is required")
-        if len(token) <= MAX_CREDENTIAL_LENGTH:
-            await self.grants.revoke_token(token, client_id=client.client_id)
-        return json_response({})
+        return form, client
 
     def _refused(self, request: Request, error: str, reason: str, description: str, status: int = 400) -> Response:
         log_decision(request.scope, layer=_LAYER, decision="deny", reason=reason)
