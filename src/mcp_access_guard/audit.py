@@ -33,9 +33,11 @@ def log_decision(
     reason: str,
     principal: str | None = None,
     tool: str | None = None,
+    log: bool = True,
 ) -> None:
+    """Record one decision. `log=False` skips only the log line (a repeat already logged once), nothing else."""
     level = logging.INFO if decision == "allow" else logging.WARNING
-    if not logger.isEnabledFor(level):
+    if not log or not logger.isEnabledFor(level):
         return
     client = scope.get("client")
     values = (layer, decision, reason, principal, scope.get("path"), tool, client[0] if client else None)

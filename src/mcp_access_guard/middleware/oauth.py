@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..audit import log_decision
 from ..config import ConfigError
 from ..identity import SCOPE_STATE_KEY, AccessIdentity, bind_identity
+from ..limits import FailedCredentialLimit
 from ..oauth.errors import UpstreamUnavailable
 from ..oauth.grants import BearerGrant, InvalidBearer
 from ..oauth.server import OAuthServer
@@ -91,6 +92,8 @@ class OAuthBearerMiddleware:
 
     No token: 401 with `WWW-Authenticate: Bearer resource_metadata=...`. A bad, expired or revoked token: 401 with
     `error="invalid_token"` (`invalid_request` for a malformed header). Refused by `allow`: 403. Store down: 503.
+    With `limits`, each bad, expired or revoked token counts against the caller's address, and an address past the
+    limit gets 429 before its token is even read.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class OAuthBearerMiddleware:
         allow: Rule | None = None,
         cache_ttl: float = 5.0,
         cache_size: int = 10_000,
+        limits: FailedCredentialLimit | None = None,
     ) -> None:
         if not 0 <= cache_ttl <= MAX_CACHE_TTL or cache_size < 1:
             raise ConfigError(
@@ -115,11 +119,18 @@ class OAuthBearerMiddleware:
         )
         self._cache_ttl = cache_ttl
         self._challenge = f'Bearer resource_metadata="{server.resource_metadata_url}"'
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        limits = self.limits
+        if limits is not None:
+            blocked = limits.refusal(scope, layer=_LAYER)
+            if blocked is not None:
+                await blocked(scope, receive, send)
+                return
         try:
             token, other_headers = _bearer_token(scope)
         except _MalformedAuthorization as malformed:
@@ -139,6 +150,8 @@ class OAuthBearerMiddleware:
             grant = await self._grant(token)
         except InvalidBearer as invalid:
             log_decision(scope, layer=_LAYER, decision="deny", reason=invalid.reason)
+            if limits is not None:
+                await limits.failed(scope)
             await self._refuse(401, scope, receive, send, error="invalid_token")
             return
         except StoreUnavailable as failure:
