@@ -194,7 +194,10 @@ def test_the_address_rule() -> None:
     assert client_address(scope("10.1.2.3", (ip, b" 2001:db8:5:6:7::8 ")), proxies) == "2001:db8:5:6::/64"
     assert client_address(scope("10.1.2.3", (ip, b"::ffff:203.0.113.4")), proxies) == "203.0.113.4"
     assert client_address(scope("10.1.2.3", (ip, b"x" * 100)), proxies) == "10.1.2.3"
+    assert client_address(scope("fe80::1:2:3:4%eth0")) == "fe80::/64"
+    assert client_address(scope("10.1.2.3", (ip, b"fe80::1%eth0")), proxies) == "10.1.2.3"
     assert client_address({"type": "http", "headers": []}) == "unknown"
+    assert client_address({"type": "http", "headers": [], "client": ("unix-peer\n", 0)}) == "unix-peer\\n"
     for bad in ("0.0.0.0/0", "::/0", "10.0.0.1/8", "not-a-network", "10.0.0.0/33"):
         with pytest.raises(ValueError, match="trusted proxy"):
             trusted_proxy(bad)

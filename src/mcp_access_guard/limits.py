@@ -51,7 +51,8 @@ def client_address(scope: Scope, trusted_proxies: Iterable[IPNetwork] = ()) -> s
     one valid address; anything else falls back to the peer). An IPv6 address stands for its /64, which one host
     holds whole; an IPv4-mapped IPv6 address is its IPv4 address."""
     peer_text = _peer(scope)
-    peer = _parsed(peer_text)
+    # A link-local peer's zone (fe80::1%eth0) says which interface, not which client.
+    peer = _parsed(peer_text.partition("%")[0])
     if scope.get(TUNNEL_PROVEN) or (peer is not None and any(peer in network for network in trusted_proxies)):
         forwarded = _connecting_ip(scope["headers"])
         if forwarded is not None:
@@ -101,6 +102,8 @@ def trusted_proxy(entry: str) -> IPNetwork:
         network = ipaddress.ip_network(entry.strip(), strict=True)
     except ValueError as exc:
         raise ValueError(f"trusted proxy {entry!r} is not an IP address or CIDR ({exc})") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.scope_id is not None:
+        raise ValueError(f"trusted proxy {entry!r} has a zone index (%...): give the address without it")
     if network.prefixlen == 0:
         raise ValueError(
             f"trusted proxy {entry!r} covers every address: any client could then pick the address it is counted "
