@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 import mcp_access_guard.limits as limits_module
 from mcp_access_guard import GuardConfig, guard
 from mcp_access_guard.identity import current_identity
-from mcp_access_guard.limits import TUNNEL_PROVEN, FailedCredentialLimit, client_address, trusted_proxy
+from mcp_access_guard.limits import TUNNEL_PROVEN, AddressRule, FailedCredentialLimit, client_address, trusted_proxy
 from mcp_access_guard.middleware.service_token import ServiceTokenMiddleware
 from mcp_access_guard.oauth.store.redis import RedisStore
 from mcp_access_guard.settings import LimitSettings, ServiceTokenSettings
@@ -185,17 +185,21 @@ def test_the_address_rule() -> None:
         return made
 
     ip = b"cf-connecting-ip"
-    proxies = (trusted_proxy("10.0.0.0/8"),)
+    behind_proxy = AddressRule([trusted_proxy("10.0.0.0/8"), trusted_proxy("2001:db8:ff::/48")])
     assert client_address(scope("198.51.100.7")) == "198.51.100.7"
     assert client_address(scope("::ffff:198.51.100.7")) == "198.51.100.7"
     assert client_address(scope("2001:db8::1")) == "2001:db8::/64"
     assert client_address(scope("198.51.100.7", (ip, b"203.0.113.1"))) == "198.51.100.7"
     assert client_address(scope("198.51.100.7", (ip, b"203.0.113.1"), tunnel=True)) == "203.0.113.1"
-    assert client_address(scope("10.1.2.3", (ip, b" 2001:db8:5:6:7::8 ")), proxies) == "2001:db8:5:6::/64"
-    assert client_address(scope("10.1.2.3", (ip, b"::ffff:203.0.113.4")), proxies) == "203.0.113.4"
-    assert client_address(scope("10.1.2.3", (ip, b"x" * 100)), proxies) == "10.1.2.3"
+    assert behind_proxy(scope("10.1.2.3", (ip, b" 2001:db8:5:6:7::8 "))) == "2001:db8:5:6::/64"
+    assert behind_proxy(scope("10.1.2.3", (ip, b"::ffff:203.0.113.4"))) == "203.0.113.4"
+    assert behind_proxy(scope("10.1.2.3", (ip, b"x" * 100))) == "10.1.2.3"
+    assert behind_proxy(scope("11.1.2.3", (ip, b"203.0.113.4"))) == "11.1.2.3"
+    assert behind_proxy(scope("::ffff:10.1.2.3", (ip, b"203.0.113.4"))) == "203.0.113.4"
+    assert behind_proxy(scope("2001:db8:ff:1::1", (ip, b"2001:DB8:0:0:1::1"))) == "2001:db8::/64"
+    assert behind_proxy(scope("2001:db8:fe::1", (ip, b"203.0.113.4"))) == "2001:db8:fe::/64"
     assert client_address(scope("fe80::1:2:3:4%eth0")) == "fe80::/64"
-    assert client_address(scope("10.1.2.3", (ip, b"fe80::1%eth0")), proxies) == "10.1.2.3"
+    assert behind_proxy(scope("10.1.2.3", (ip, b"fe80::1%eth0"))) == "10.1.2.3"
     assert client_address({"type": "http", "headers": []}) == "unknown"
     assert client_address({"type": "http", "headers": [], "client": ("unix-peer\n", 0)}) == "unix-peer\\n"
     for bad in ("0.0.0.0/0", "::/0", "10.0.0.1/8", "not-a-network", "10.0.0.0/33"):

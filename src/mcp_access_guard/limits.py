@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -39,61 +40,77 @@ TUNNEL_PROVEN = "mcp_access_guard.tunnel_proven"
 CONNECTING_IP = b"cf-connecting-ip"
 # The longest text form of an IPv6 address with an IPv4 tail is 45 characters.
 _MAX_ADDRESS_TEXT = 45
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"
 REFUSED_REASON = "failed_credential_limit"
 MAX_FAILURES = 1_000_000
 MAX_WINDOW = 86_400.0
 MAX_TRACKED = 10_000_000
 
 
-def client_address(scope: Scope, trusted_proxies: Iterable[IPNetwork] = ()) -> str:
+class AddressRule:
     """The address a client is known by: the ASGI peer, or `CF-Connecting-IP` when the shared secret proved the
     request came through the operator's tunnel or the peer is one of `trusted_proxies` (and the header holds exactly
     one valid address; anything else falls back to the peer). An IPv6 address stands for its /64, which one host
-    holds whole; an IPv4-mapped IPv6 address is its IPv4 address."""
-    peer_text = _peer(scope)
-    # A link-local peer's zone (fe80::1%eth0) says which interface, not which client.
-    peer = _parsed(peer_text.partition("%")[0])
-    if scope.get(TUNNEL_PROVEN) or (peer is not None and any(peer in network for network in trusted_proxies)):
-        forwarded = _connecting_ip(scope["headers"])
-        if forwarded is not None:
-            return _grouped(forwarded)
-    if peer is None:
-        # A Unix socket or a server that reports no peer: one key for all, printable and bounded.
-        return peer_text[:_MAX_ADDRESS_TEXT].encode("unicode_escape").decode("ascii")
-    return _grouped(peer)
+    holds whole; an IPv4-mapped IPv6 address is its IPv4 address. Each address has one spelling, whatever was sent.
+
+    Addresses are read with `socket.inet_pton`, strict and about twenty times quicker than `ipaddress`: this runs
+    on every request once any address is blocked.
+    """
+
+    def __init__(self, trusted_proxies: Iterable[IPNetwork] = ()) -> None:
+        # (address length in bytes, network as an int, mask as an int) for each trusted proxy.
+        self._proxies = tuple(
+            (network.max_prefixlen // 8, int(network.network_address), int(network.netmask))
+            for network in trusted_proxies
+        )
+
+    def __call__(self, scope: Scope) -> str:
+        client = scope.get("client")
+        peer_text = str(client[0]) if client else "unknown"
+        # A link-local peer's zone (fe80::1%eth0) says which interface, not which client.
+        peer = _packed(peer_text.partition("%")[0])
+        if scope.get(TUNNEL_PROVEN) or (peer is not None and self._trusted(peer)):
+            forwarded = _connecting_ip(scope["headers"])
+            if forwarded is not None:
+                return _key(forwarded)
+        if peer is None:
+            # A Unix socket or a server that reports no peer: one key for all, printable and bounded.
+            return peer_text[:_MAX_ADDRESS_TEXT].encode("unicode_escape").decode("ascii")
+        return _key(peer)
+
+    def _trusted(self, peer: bytes) -> bool:
+        value = int.from_bytes(peer, "big")
+        return any(len(peer) == size and value & mask == network for size, network, mask in self._proxies)
 
 
-def _peer(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+# The rule with no trusted proxy, for a layer used without a `FailedCredentialLimit`.
+client_address = AddressRule()
 
 
-def _parsed(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _packed(text: str) -> bytes | None:
+    """The address as 4 or 16 bytes (an IPv4-mapped IPv6 address as its 4), or None if `text` is not one."""
     if len(text) > _MAX_ADDRESS_TEXT:
         return None
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except (OSError, ValueError):
         return None
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.scope_id is not None:
-            return None
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-    return address
+    if len(packed) == 16 and packed[:12] == _IPV4_MAPPED:
+        return packed[12:]
+    return packed
 
 
-def _connecting_ip(headers: Iterable[tuple[bytes, bytes]]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _connecting_ip(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     values = [value for name, value in headers if name.lower() == CONNECTING_IP]
     if len(values) != 1:
         return None
-    return _parsed(values[0].decode("latin-1").strip())
+    return _packed(values[0].decode("latin-1").strip())
 
 
-def _grouped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    if isinstance(address, ipaddress.IPv4Address):
-        return str(address)
-    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+def _key(packed: bytes) -> str:
+    if len(packed) == 4:
+        return socket.inet_ntop(socket.AF_INET, packed)
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
 
 
 def trusted_proxy(entry: str) -> IPNetwork:
@@ -151,6 +168,7 @@ class FailedCredentialLimit:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.trusted_proxies = checked_limits(limit, window, tracked, trusted_proxies)
+        self.address = AddressRule(self.trusted_proxies)
         self.limit = limit
         self.window = float(window)
         self._clock = clock
@@ -174,9 +192,6 @@ class FailedCredentialLimit:
     def tracked_addresses(self) -> int:
         """How many address records are held, counting and blocked: never more than twice `tracked`."""
         return len(self._counting) + len(self._blocked)
-
-    def address(self, scope: Scope) -> str:
-        return client_address(scope, self.trusted_proxies)
 
     def refusal(self, scope: Scope, *, layer: str) -> Response | None:
         """The 429 for a request from a blocked address (logged at its first refusal in each window), or None."""
