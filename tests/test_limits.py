@@ -507,3 +507,25 @@ async def test_a_real_http_flood_stays_bounded_and_keeps_a_block() -> None:
         assert limits.tracked_addresses <= 50 + 1
         assert_blocked(await proxy.get("/mcp", headers=secret(SECRET, "198.51.100.9")))
         assert (await proxy.get("/mcp", headers=secret(SECRET, "198.51.100.10"))).status_code == 200
+
+
+async def test_a_websocket_from_a_blocked_address_is_refused_before_its_secret_is_read() -> None:
+    limits = FailedCredentialLimit(1, 60)
+    app = OkApp()
+    layer = ServiceTokenMiddleware(app, secrets=[SECRET], limits=limits)
+    await limits.failed(_scope("198.51.100.60"))
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(HEADER.lower().encode(), SECRET.encode())]
+    scope = {"type": "websocket", "path": "/mcp", "headers": headers, "client": ("198.51.100.60", 1)}
+    await layer(scope, receive, send)
+    assert sent[0]["type"] == "websocket.http.response.start"
+    assert sent[0]["status"] == 429
+    assert 1 <= int(dict(sent[0]["headers"])[b"retry-after"]) <= 60
+    assert app.hits == 0

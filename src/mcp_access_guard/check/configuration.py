@@ -219,13 +219,12 @@ def report_limits(report: Report, config: GuardConfig, names: SettingNames) -> N
             f"service-token pair, an OAuth client secret or a bearer token can be tried as fast as the server answers"
         )
         return
+    # As guard() decides: a MemoryStore is one process's.
     shared_store = config.oauth is not None and config.oauth.store != "memory:"
     counted = "in the OAuth store, by every replica together" if shared_store else "by each process"
-    client = (
-        "CF-Connecting-IP once the shared secret checks out, else the peer"
-        if config.service_token.secrets
-        else ("the peer's address")
-    )
+    client = "the peer's address"
+    if config.service_token.secrets:
+        client = "CF-Connecting-IP once the shared secret checks out, else the peer"
     if limits.trusted_proxies:
         client += f" (CF-Connecting-IP from {', '.join(limits.trusted_proxies)})"
     report.ok(
