@@ -177,6 +177,8 @@ class FailedCredentialLimit:
         self._blocked: TTLCache[str, tuple[float, bool]] = TTLCache(maxsize=tracked, ttl=self.window, timer=clock)
         self._shared: SharedCounter | None = None
         self._store_failure_logged_until = -math.inf
+        # When the last block set so far ends.
+        self._blocks_end = -math.inf
 
     def __repr__(self) -> str:
         return (
@@ -195,14 +197,15 @@ class FailedCredentialLimit:
 
     def refusal(self, scope: Scope, *, layer: str) -> Response | None:
         """The 429 for a request from a blocked address (logged at its first refusal in each window), or None."""
-        if not self._blocked:
-            return None  # nobody is blocked: the usual case costs no address lookup
+        now = self._clock()
+        if now >= self._blocks_end:
+            return None  # no block runs any more: the usual case costs no address lookup
         address = self.address(scope)
         entry = self._blocked.get(address)
         if entry is None:
             return None
         until, logged = entry
-        remaining = until - self._clock()
+        remaining = until - now
         if remaining <= 0:
             self._blocked.pop(address, None)
             return None
@@ -243,6 +246,7 @@ class FailedCredentialLimit:
     def _block(self, address: str, until: float) -> None:
         # Only reached after `refusal` found no live block for the address: a stale one is replaced.
         self._blocked[address] = (until, False)
+        self._blocks_end = max(self._blocks_end, until)
 
     def _store_failed(self, failure: Exception) -> None:
         now = self._clock()
