@@ -13,7 +13,7 @@ from .middleware.paths import PathAllowlistMiddleware
 from .middleware.service_token import ServiceTokenMiddleware
 from .middleware.tools import ToolPolicyMiddleware
 from .policy import Rule, ToolPolicy
-from .settings import CORSSettings, GuardConfig, PathSettings, ServiceTokenSettings
+from .settings import CORSSettings, GuardConfig, LimitSettings, PathSettings, ServiceTokenSettings
 from .stack import guard
 from .verifier import AccessDenied, AccessVerifier
 
@@ -32,6 +32,7 @@ __all__ = [
     "ConfigError",
     "GuardConfig",
     "JWKSCache",
+    "LimitSettings",
     "OAuthBearerMiddleware",
     "OAuthEndpointsMiddleware",
     "PathAllowlistMiddleware",
