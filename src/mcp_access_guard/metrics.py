@@ -40,13 +40,16 @@ class _Tally:
         self.counts: dict[Key, int] = {}
 
     def add(self, key: Key) -> None:
-        counts = self.counts
         try:
-            counts[key] += 1
+            self.counts[key] += 1
         except KeyError:
-            if len(counts) >= MAX_SERIES:
-                key = (*key[:-1], "other")
-            counts[key] = counts.get(key, 0) + 1
+            self.first(key)
+
+    def first(self, key: Key) -> None:
+        counts = self.counts
+        if len(counts) >= MAX_SERIES:
+            key = (*key[:-1], "other")
+        counts[key] = counts.get(key, 0) + 1
 
     def observe(self, options: CallbackOptions) -> Iterable[Observation]:
         # Runs in the reader's thread: a copy of the dict is taken in one step, then read at leisure.
@@ -116,13 +119,21 @@ _watched: weakref.WeakKeyDictionary[Any, tuple[str, Callable[[Any], int]]] = wea
 _watched_lock = threading.Lock()
 _global = _Instruments(None)
 _current = _global
+# The instruments made on each provider given to use_meter_provider: going back to one continues its counts.
+_by_provider: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
 
 
 def use_meter_provider(provider: MeterProvider | None) -> None:
-    """Record on `provider` from now on (counts start from zero there); None goes back to OpenTelemetry's global
-    meter provider, and the counts made on it before."""
+    """Record on `provider` from now on instead of OpenTelemetry's global meter provider (None: back to that).
+    Counts are kept per provider, from the first time it is used here."""
     global _current
-    _current = _global if provider is None else _Instruments(provider)
+    if provider is None:
+        _current = _global
+        return
+    instruments = _by_provider.get(provider)
+    if instruments is None:
+        instruments = _by_provider[provider] = _Instruments(provider)
+    _current = instruments
 
 
 def watch_cache(cache: str, owner: Owner, size: Callable[[Owner], int]) -> None:
@@ -133,7 +144,13 @@ def watch_cache(cache: str, owner: Owner, size: Callable[[Owner], int]) -> None:
 
 
 def decision(layer: str, decision: str, reason: str) -> None:
-    _current.decisions.add((layer, decision, reason))
+    # Tally.add spelled out: this runs for every layer of every request.
+    tally = _current.decisions
+    key = (layer, decision, reason)
+    try:
+        tally.counts[key] += 1
+    except KeyError:
+        tally.first(key)
 
 
 def verification(credential: str, path: str, outcome: str, started: float) -> None:
