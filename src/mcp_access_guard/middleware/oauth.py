@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from time import perf_counter
 
 from cachetools import LRUCache
 from starlette.responses import JSONResponse
@@ -162,7 +163,7 @@ class OAuthBearerMiddleware:
             await self.app(scope, receive, send)
 
     async def _grant(self, token: str) -> BearerGrant:
-        started = time.perf_counter()
+        started = perf_counter()
         path = "cached"
         cache = self._cache
         try:
