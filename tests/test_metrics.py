@@ -114,7 +114,7 @@ async def test_decisions_verification_times_key_fetches_and_cache_sizes(
     local_access: LocalAccess, recorded: Recorded
 ) -> None:
     gc.collect()  # other tests' verifiers that are already unreachable leave the gauge before its baseline
-    tokens_before = recorded.gauge("verified_tokens")
+    tokens_before, keys_before = recorded.gauge("verified_tokens"), recorded.gauge("signing_keys")
     good = local_access.user_token("alice@example.com")
     forger = SigningKey(kid=local_access.current_key.kid, private_key=SigningKey.generate().private_key)
     forged = local_access.user_token("alice@example.com", key=forger)
@@ -149,11 +149,11 @@ async def test_decisions_verification_times_key_fetches_and_cache_sizes(
     assert all(point.sum > 0 for point in durations)
 
     assert tokens_during - tokens_before == 1
-    assert keys_during >= 1
+    assert keys_during - keys_before == len(local_access.keys)
     # Weakly held: once the stack is gone, its caches leave the gauge.
     del app
     gc.collect()
-    assert recorded.gauge("verified_tokens") == tokens_before
+    assert (recorded.gauge("verified_tokens"), recorded.gauge("signing_keys")) == (tokens_before, keys_before)
     recorded.assert_clean(good, forged, expired, "alice@example.com", "bob@example.com", "/mcp", "/elsewhere")
 
 
@@ -197,11 +197,14 @@ async def test_a_key_cache_on_its_own_records_its_fetches(local_access: LocalAcc
 
 async def test_oauth_issue_refresh_revoke_and_replays(local_access_saas: LocalAccessSaaS, recorded: Recorded) -> None:
     local_access_saas.login_as("alice@example.com")
+    gc.collect()
+    cached_before = recorded.gauge("oauth_bearer_tokens")
     async with deployment(local_access_saas) as site:
         client = await register(site.url, [APP])
         first = await tokens_for(site.url, client)
         assert (await call_mcp(site.url, first["access_token"])).status_code == 200  # looked up
         assert (await call_mcp(site.url, first["access_token"])).status_code == 200  # cached
+        assert recorded.gauge("oauth_bearer_tokens") - cached_before == 1
         second = (await refresh(site.url, client, first["refresh_token"])).json()
         third = (await refresh(site.url, client, second["refresh_token"])).json()
         # Two rotations old: a reuse, which revokes the grant.
