@@ -31,6 +31,8 @@ _LAYER = "oauth_bearer"
 MAX_CACHE_TTL = 300.0
 _AUTHORIZATION = b"authorization"
 _BODY = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
+# The bearer refusals that look like guessing, and count against the address's limit on failed credentials.
+_GUESSES = frozenset({"malformed", "unknown"})
 _WEBSOCKET_CLOSE = {401: 1008, 403: 1008, 503: 1013}
 
 
@@ -94,8 +96,9 @@ class OAuthBearerMiddleware:
 
     No token: 401 with `WWW-Authenticate: Bearer resource_metadata=...`. A bad, expired or revoked token: 401 with
     `error="invalid_token"` (`invalid_request` for a malformed header). Refused by `allow`: 403. Store down: 503.
-    With `limits`, each bad, expired or revoked token counts against the caller's address, and an address past the
-    limit gets 429 before its token is even read.
+    With `limits`, each token that is not one of ours (malformed, or never issued) counts against the caller's
+    address, and an address past the limit gets 429 before its token is even read. Our own tokens, expired, revoked
+    or for another resource, do not count: clients present those in the ordinary course.
     """
 
     def __init__(
@@ -154,7 +157,7 @@ class OAuthBearerMiddleware:
             grant = await self._grant(token)
         except InvalidBearer as invalid:
             log_decision(scope, layer=_LAYER, decision="deny", reason=invalid.reason)
-            if limits is not None:
+            if limits is not None and invalid.reason in _GUESSES:
                 await limits.failed(scope)
             await self._refuse(401, scope, receive, send, error="invalid_token")
             return
