@@ -33,9 +33,12 @@ def log_decision(
     reason: str,
     principal: str | None = None,
     tool: str | None = None,
+    log: bool = True,
 ) -> None:
+    """Record one decision. `log=False` records it without writing a log line: for a refusal repeated within a
+    window whose first one was logged."""
     level = logging.INFO if decision == "allow" else logging.WARNING
-    if not logger.isEnabledFor(level):
+    if not log or not logger.isEnabledFor(level):
         return
     client = scope.get("client")
     values = (layer, decision, reason, principal, scope.get("path"), tool, client[0] if client else None)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from .config import AccessConfig, ConfigError, check_whole
 from .jsonrpc import DEFAULT_MAX_BODY_BYTES
+from .middleware.body_size import MAX_BODY_BYTES_LIMIT
+from .middleware.budget import MAX_REQUESTS_PER_WINDOW
 from .middleware.cors import DEFAULT_MCP_ORIGINS, HostPattern, validated_origins
 from .middleware.paths import HEALTH_PATH, parse_allow_entry
 from .middleware.service_token import DEFAULT_SECRET_HEADER, check_secret, check_secret_header
@@ -23,7 +25,6 @@ from .policy import Rule, ToolPolicy
 logger = logging.getLogger("mcp_access_guard")
 
 DEFAULT_PATHS = ("/mcp", HEALTH_PATH)
-MAX_BODY_BYTES_LIMIT = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,16 @@ class ServiceTokenSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Request budgets. `requests_per_minute` per principal, counted in each process; 0 (the default) is off."""
+
+    requests_per_minute: int = 0
+
+    def __post_init__(self) -> None:
+        check_whole("requests_per_minute", self.requests_per_minute, 0, MAX_REQUESTS_PER_WINDOW)
+
+
+@dataclass(frozen=True, slots=True)
 class GuardConfig:
     """Every layer's settings. The credential layer is one of two modes: `access` (Cloudflare Access in front, its
     assertion verified) or `oauth` (this server as the OAuth authorization server, Access for SaaS as the login).
@@ -78,6 +89,7 @@ class GuardConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dev: bool = False
     oauth: OAuthConfig | None = None
+    limits: LimitSettings = LimitSettings()
 
     def __post_init__(self) -> None:
         if self.access is not None and self.oauth is not None:
@@ -137,7 +149,7 @@ class GuardConfig:
 
 # -- where each value came from ------------------------------------------------------------------------------------
 
-_TABLES = ("access", "oauth", "paths", "cors", "service_token", "tools", "prompts", "resources")
+_TABLES = ("access", "oauth", "paths", "cors", "service_token", "limits", "tools", "prompts", "resources")
 _TOP_LEVEL = ("dev", "max_body_bytes")
 _RULE_KEYS = ("emails", "email_domains", "service_tokens", "groups")
 
@@ -154,6 +166,7 @@ _ENVIRONMENT: Mapping[str, tuple[str, str, str]] = {
     "GUARD_TRUST_FORWARDED_HOST": ("cors", "trust_forwarded_host", "flag"),
     "GUARD_SECRET_HEADER": ("service_token", "header", "text"),
     "GUARD_SECRETS": ("service_token", "secrets", "texts"),
+    "GUARD_REQUESTS_PER_MINUTE": ("limits", "requests_per_minute", "whole"),
 }
 # The restricted tool's rule, one variable per part of it.
 _RULE_ENVIRONMENT = {
@@ -173,6 +186,12 @@ def _env_value(env: Mapping[str, str], name: str, kind: str) -> Any:
         if value not in _FLAGS:
             raise ConfigError(f"{name}={raw!r}: expected true or false")
         return _FLAGS[value]
+    if kind == "whole":
+        value = raw.strip()
+        # ASCII digits only (str.isdigit() would take "²"), and a length no setting needs before int() reads it.
+        if not (value.isascii() and value.isdigit() and len(value) <= 18):
+            raise ConfigError(f"{name}={raw[:40]!r}: expected a whole number")
+        return int(value)
     if kind == "text":
         if not raw.strip():
             raise ConfigError(f"{name} is set but blank: unset it, or give a value")
@@ -306,6 +325,17 @@ class _Document:
         )
         secret.finish()
 
+        limits = _Table(self, "limits")
+        limit_settings = LimitSettings(
+            requests_per_minute=check_whole(
+                limits.source("requests_per_minute"),
+                limits.whole("requests_per_minute", 0),
+                0,
+                MAX_REQUESTS_PER_WINDOW,
+            )
+        )
+        limits.finish()
+
         return GuardConfig(
             access=access_config,
             paths=path_settings if paths_on else None,
@@ -318,6 +348,7 @@ class _Document:
             max_body_bytes=max_body_bytes,
             dev=dev,
             oauth=oauth_config,
+            limits=limit_settings,
         )
 
     def _oauth_config(self) -> OAuthConfig | None:
