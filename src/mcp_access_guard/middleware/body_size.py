@@ -24,11 +24,13 @@ def _declared_refusal(headers: list[tuple[bytes, bytes]], max_bytes: int) -> tup
     lengths = []
     chunked = False
     for name, value in headers:
-        # ASGI servers lower-case names; one that did not must not slip a second length past this check.
-        lowered = name.lower()
-        if lowered == _CONTENT_LENGTH:
-            lengths.append(value)
-        elif lowered == _TRANSFER_ENCODING:
+        # ASGI servers lower-case names; one that did not must not slip a second length past this check. Only names
+        # of the right length are lower-cased: this runs on every request.
+        size = len(name)
+        if size == 14:
+            if name.lower() == _CONTENT_LENGTH:
+                lengths.append(value)
+        elif size == 17 and name.lower() == _TRANSFER_ENCODING:
             chunked = True
     if not lengths:
         return None
