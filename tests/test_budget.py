@@ -1,11 +1,11 @@
 """Per-principal request budgets: behind a real credential layer over real uvicorn, with the window's clock moved by
-hand; through guard() in both modes (in OAuth mode one budget per person, whichever client they use); and the
-`[limits]` settings."""
+hand; through guard() in both modes (in OAuth mode one budget per person, whichever client they use); shared by two
+servers through each store (memory, SQLite, a real redis-server); and the `[limits]` settings."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,9 +16,11 @@ from starlette.types import Receive, Scope, Send
 
 from mcp_access_guard import AccessJWTMiddleware, ConfigError, GuardConfig, guard
 from mcp_access_guard.middleware.budget import RequestBudgetMiddleware
+from mcp_access_guard.oauth.store import open_store
 from mcp_access_guard.settings import LimitSettings
 from mcp_access_guard.testing import LocalAccess, LocalAccessSaaS, free_port, serve
 from oauth_harness import call_mcp, mcp_app, oauth_config, register, tokens_for
+from redis_server import RedisServer, require_redis_server
 from support import INITIALIZE, MCP_HEADERS, ManualClock, RecordingApp
 
 pytestmark = pytest.mark.anyio
@@ -206,3 +208,70 @@ def test_the_layer_refuses_a_budget_out_of_range(requests: object) -> None:
 def test_the_window_must_be_a_positive_number_of_seconds(window: float) -> None:
     with pytest.raises(ValueError, match="window"):
         RequestBudgetMiddleware(Hello(), 1, window=window)
+
+
+# -- a budget shared through the store -----------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "memory":
+        yield "memory:"
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'budget.sqlite3'}"
+    else:
+        server = RedisServer(require_redis_server(), tmp_path)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+async def test_a_shared_budget_holds_across_processes(local_access: LocalAccess, store_url: str) -> None:
+    # Two layers over two stores opened on the same data (one object for memory:), each under its own uvicorn, as
+    # two worker processes would be.
+    first_store = open_store(store_url)
+    second_store = first_store if store_url == "memory:" else open_store(store_url)
+    alice = {ASSERTION: local_access.user_token("alice@example.com")}
+    bob = {ASSERTION: local_access.user_token("bob@example.com")}
+    try:
+        async with (
+            serve(
+                AccessJWTMiddleware(
+                    RequestBudgetMiddleware(Hello(), 3, store=first_store), config=local_access.config()
+                )
+            ) as one,
+            serve(
+                AccessJWTMiddleware(
+                    RequestBudgetMiddleware(Hello(), 3, store=second_store), config=local_access.config()
+                )
+            ) as two,
+            httpx.AsyncClient() as http,
+        ):
+            statuses = [(await http.get(url, headers=alice)).status_code for url in (one, two, one, two)]
+            assert statuses == [200, 200, 200, 429]
+            refused = await http.get(one, headers=alice)
+            assert (refused.status_code, refused.headers["retry-after"]) == (429, "60")
+            assert (await http.get(two, headers=bob)).status_code == 200
+    finally:
+        await first_store.aclose()
+        if second_store is not first_store:
+            await second_store.aclose()
+
+
+async def test_a_shared_budget_whose_store_is_down_refuses_with_503(local_access: LocalAccess, tmp_path: Path) -> None:
+    server = RedisServer(require_redis_server(), tmp_path)
+    server.start()
+    store = open_store(server.url)
+    token = {ASSERTION: local_access.user_token()}
+    try:
+        budget = RequestBudgetMiddleware(Hello(), 3, store=store)
+        async with serve(AccessJWTMiddleware(budget, config=local_access.config())) as url, httpx.AsyncClient() as http:
+            assert (await http.get(url, headers=token)).status_code == 200
+            server.stop()
+            down = await http.get(url, headers=token)
+            assert (down.status_code, down.json()) == (503, {"error": "unavailable"})
+    finally:
+        server.stop()
+        await store.aclose()
