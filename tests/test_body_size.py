@@ -144,30 +144,30 @@ async def test_a_chunked_body_is_cut_off_where_it_crosses_the_limit(
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
-@pytest.mark.parametrize(
-    ("lines", "why"),
-    [
-        (("Content-Length: 5", "Transfer-Encoding: chunked"), "a length beside chunked"),
-        (("Content-Length: 5", "Content-Length: 6"), "two lengths that disagree"),
-        (("Content-Length: -5",), "a sign"),
-        (("Content-Length: 0x10",), "hex"),
-        (("Content-Length: 5 5",), "two numbers"),
-    ],
-)
-@pytest.mark.parametrize(("mode", "route"), [("jwt", "/mcp"), ("jwt", "/admin"), ("oauth", "/token")])
+BAD_FRAMINGS = [
+    (("Content-Length: 5", "Transfer-Encoding: chunked"), "a length beside chunked"),
+    (("Transfer-Encoding: chunked", "Content-Length: 5"), "chunked beside a length"),
+    (("Content-Length: 5", "Content-Length: 6"), "two lengths that disagree"),
+    (("Content-Length: -5",), "a sign"),
+    (("Content-Length: 0x10",), "hex"),
+    (("Content-Length: 5 5",), "two numbers"),
+]
+
+
+@pytest.mark.parametrize(("mode", "route"), MODE_ROUTES)
 async def test_conflicting_or_malformed_framing_is_a_400(
-    local_access: LocalAccess,
-    local_access_saas: LocalAccessSaaS,
-    mode: str,
-    route: str,
-    lines: tuple[str, ...],
-    why: str,
+    local_access: LocalAccess, local_access_saas: LocalAccessSaaS, mode: str, route: str
 ) -> None:
     # uvicorn's parser refuses some of these itself; a length beside chunked it accepts (chunked wins), and this layer
-    # refuses. Either way nothing behind reads a body framed two ways.
+    # refuses. Either way nothing behind reads a body framed two ways, on any route.
     async with site(mode, local_access, local_access_saas) as url:
-        response = await exchange(url, head("POST", route, *lines) + b"0\r\n\r\n")
-        assert status_of(response) == 400, why
+        for lines, why in BAD_FRAMINGS:
+            response = await exchange(url, head("POST", route, *lines) + b"0\r\n\r\n")
+            assert status_of(response) == 400, why
+        # Two equal lengths uvicorn's parser folds into one before any app sees them (the layer alone refuses even
+        # those: see below); over the limit, the one left is refused like any other.
+        folded = await exchange(url, head("POST", route, "Content-Length: 3000", "Content-Length: 3000"))
+        assert status_of(folded) == 413
 
 
 async def test_the_limit_itself_is_allowed_and_one_byte_more_is_not(local_access: LocalAccess) -> None:
