@@ -206,7 +206,7 @@ def test_the_layer_refuses_a_budget_out_of_range(requests: object) -> None:
 
 @pytest.mark.parametrize("window", [0, -1, float("nan"), float("inf")])
 def test_the_window_must_be_a_positive_number_of_seconds(window: float) -> None:
-    with pytest.raises(ValueError, match="window"):
+    with pytest.raises(ConfigError, match="window"):
         RequestBudgetMiddleware(Hello(), 1, window=window)
 
 

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 from ..audit import log_decision
-from ..config import check_whole
+from ..config import ConfigError, check_whole
 from ..identity import SCOPE_STATE_KEY, AccessIdentity
 from ..oauth.store import OAuthStore, StoreUnavailable, secret_key_id
 
@@ -57,7 +57,7 @@ class RequestBudgetMiddleware:
         store: OAuthStore | None = None,
     ) -> None:
         if not (window > 0 and math.isfinite(window)):
-            raise ValueError("window must be a positive number of seconds")
+            raise ConfigError(f"window={window!r}: expected a positive number of seconds")
         self.app = app
         self.requests = check_whole("requests", requests, 1, MAX_REQUESTS_PER_WINDOW)
         self.window = window
