@@ -292,6 +292,17 @@ async def test_an_answer_already_started_is_left_unfinished_when_the_body_crosse
     assert sum(len(message.get("body", b"")) for message in app.messages) <= 100
 
 
+async def test_a_length_that_lies_short_gives_the_app_no_more_than_it_declared() -> None:
+    # uvicorn holds the body to its Content-Length: the bytes past it are left for a next request, never the app's.
+    # The layer's own count covers a server that would not (see the scripted case below).
+    app = BodyReader()
+    async with serve(BodySizeLimitMiddleware(app, max_body_bytes=100)) as url:
+        response = await exchange(url, head("POST", "/", "Content-Length: 50") + b"x" * 50 + b"y" * 3000)
+    assert status_of(response) == 200
+    assert b"\r\n50\r\n" in body_of(response)  # the one chunk of the app's answer: it read 50 bytes
+    assert sum(len(message.get("body", b"")) for message in app.messages) == 50
+
+
 async def scripted(scope: Scope, messages: list[Message], max_body_bytes: int) -> tuple[list[Message], list[Message]]:
     """Drive the layer alone with a scope and body messages uvicorn would never deliver: what the app received and
     what was sent back."""
