@@ -9,6 +9,8 @@ from typing import Literal
 
 from starlette.types import Scope
 
+from . import metrics
+
 logger = logging.getLogger("mcp_access_guard")
 
 Decision = Literal["allow", "deny"]
@@ -35,8 +37,8 @@ def log_decision(
     tool: str | None = None,
     log: bool = True,
 ) -> None:
-    """Record one decision. `log=False` records it without writing a log line: for a refusal repeated within a
-    window whose first one was logged."""
+    """Count the decision (always) and log it (unless `log` is False, or the logger is not enabled for it)."""
+    metrics.decision(layer, decision, reason)
     level = logging.INFO if decision == "allow" else logging.WARNING
     if not log or not logger.isEnabledFor(level):
         return
