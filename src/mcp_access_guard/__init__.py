@@ -7,6 +7,8 @@ from .downstream import AccessForwardingAuth, forwarding_client
 from .identity import AccessIdentity, current_identity
 from .jwks import JWKSCache
 from .middleware.access import AccessJWTMiddleware
+from .middleware.body_size import BodySizeLimitMiddleware
+from .middleware.budget import RequestBudgetMiddleware
 from .middleware.cors import DEFAULT_MCP_ORIGINS, CORSAllowlistMiddleware
 from .middleware.oauth import OAuthBearerMiddleware, OAuthEndpointsMiddleware
 from .middleware.paths import PathAllowlistMiddleware
@@ -27,6 +29,7 @@ __all__ = [
     "AccessIdentity",
     "AccessJWTMiddleware",
     "AccessVerifier",
+    "BodySizeLimitMiddleware",
     "CORSAllowlistMiddleware",
     "CORSSettings",
     "ConfigError",
@@ -37,6 +40,7 @@ __all__ = [
     "OAuthEndpointsMiddleware",
     "PathAllowlistMiddleware",
     "PathSettings",
+    "RequestBudgetMiddleware",
     "Rule",
     "ServiceTokenMiddleware",
     "ServiceTokenSettings",
