@@ -1,5 +1,6 @@
-"""What metrics add to a request through the `guard()` stack, off and on, against the bare app in the same run; and
-what one recording costs, for the design's choice between counting here and handing every event to the SDK.
+"""What metrics and limits add to a request through the `guard()` stack, each off and on, against the bare app in the
+same run; and what one recording costs, for the design's choice between counting here and handing every event to the
+SDK.
 
     python benchmarks/bench_metrics.py            # full run, about a minute
     python benchmarks/bench_metrics.py --quick    # a few seconds
@@ -10,8 +11,9 @@ instruments doing nothing. "On" is an SDK `MeterProvider` with an `InMemoryMetri
 and the timing loop are `bench_stack.py`'s: shared secret and Access JWT on, the token cached, the ASGI app called
 directly in one event loop. Rows are interleaved within each round; the first rounds are warm-up and discarded.
 
-Each stack is a `Variant`: to compare another switch (say failed-credential limits on and off), give `Variant` a field,
-read it in `stack_config`, and add the variants to `VARIANTS`; the figures and ratios follow.
+"Limits off" is `failed_credentials = 0` and no request budget; "limits on" is the default limit on failed credentials
+(10 a minute per address) and a request budget per principal too large to refuse anyone in the run, so both are
+counted on every request. The request-size layer is always on: `guard()` has no switch for it.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ from bench_stack import (
     verifiers_in,
 )
 from mcp_access_guard import metrics
-from mcp_access_guard.settings import CORSSettings, GuardConfig, ServiceTokenSettings
+from mcp_access_guard.settings import CORSSettings, GuardConfig, LimitSettings, ServiceTokenSettings
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import LocalAccess
 
-STACK_TITLE = "Metrics: what the guard() stack adds per request, metrics off and on"
+STACK_TITLE = "Limits and metrics: what the guard() stack adds per request, each off and on"
 RECORDING_TITLE = "Metrics: one recording, off and on"
 FULL = Plan(rounds=15, warmup=3, iterations=5000)
 QUICK = Plan(rounds=5, warmup=1, iterations=500)
@@ -61,9 +63,18 @@ class Variant:
 
     label: str
     metrics: bool
+    limits: bool
 
 
-VARIANTS = (Variant("metrics off", metrics=False), Variant("metrics on", metrics=True))
+VARIANTS = (
+    Variant("limits off, metrics off", metrics=False, limits=False),
+    Variant("limits off, metrics on", metrics=True, limits=False),
+    Variant("limits on, metrics off", metrics=False, limits=True),
+    Variant("limits on, metrics on", metrics=True, limits=True),
+)
+LIMITS_OFF = LimitSettings(failed_credentials=0)
+# Never reached in a run: the budget is counted on every request, and refuses none.
+LIMITS_ON = LimitSettings(requests_per_minute=1_000_000)
 
 
 def stack_config(issuer: LocalAccess, variant: Variant) -> GuardConfig:
@@ -71,6 +82,7 @@ def stack_config(issuer: LocalAccess, variant: Variant) -> GuardConfig:
         access=issuer.config(),
         cors=CORSSettings(allowed_hosts=(HOST,)),
         service_token=ServiceTokenSettings(secrets=(SHARED_SECRET,)),
+        limits=LIMITS_ON if variant.limits else LIMITS_OFF,
     )
 
 
