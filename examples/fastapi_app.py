@@ -13,6 +13,7 @@ from mcp.server.mcpserver import MCPServer
 
 from mcp_access_guard import (
     AccessJWTMiddleware,
+    BodySizeLimitMiddleware,
     CORSAllowlistMiddleware,
     GuardConfig,
     PathAllowlistMiddleware,
@@ -63,3 +64,4 @@ app.add_middleware(AccessJWTMiddleware, config=config.access)
 app.add_middleware(ServiceTokenMiddleware, secrets=config.service_token.secrets)
 app.add_middleware(CORSAllowlistMiddleware)
 app.add_middleware(PathAllowlistMiddleware, health=True)
+app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.max_body_bytes)

@@ -1,4 +1,4 @@
-"""`guard()`: the five layers around an app, outermost first, in DESIGN.md's order."""
+"""`guard()`: the layers around an app, outermost first, in DESIGN.md's order."""
 
 from __future__ import annotations
 
