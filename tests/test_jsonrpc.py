@@ -333,7 +333,16 @@ def test_two_callers_with_different_visible_sets_get_their_own_answers_from_the_
 
 def test_a_changed_listing_of_the_same_length_is_read_anew() -> None:
     shapes = ListingShapes(reserved=GUARD_TEXTS)
-    for names in (["add", "secret"], ["add", "public"], ["secret", "add"], ["add", "secret"]):
+    padding = [f"tool{index:03}" for index in range(100)]  # a listing long enough to be found by its ends
+    for names in (
+        ["add", "secret"],
+        ["add", "public"],
+        ["secret", "add"],
+        ["add", "secret"],
+        [*padding, "secret", *padding],
+        [*padding, "public", *padding],
+        [*padding, "secret", *padding],
+    ):
         guard_id = GuardId.new("t", "1")
         body = answer_under(guard_id, names)
         finished = public_only(guard_id.text, shapes).finished_body(body, "1")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .responses import Replacement
@@ -55,14 +55,17 @@ class GuardId:
     kind: str
     nonce: str
     caller: str
+    # Written once: a rewritten request and its answer use it several times.
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "text", f"{GUARD_ID_PREFIX}{self.kind}{self.nonce}:{self.caller.encode('ascii').hex()}:"
+        )
 
     @classmethod
     def new(cls, kind: str, caller: str) -> GuardId:
         return cls(kind, secrets.token_hex(16), caller)
-
-    @property
-    def text(self) -> str:
-        return f"{GUARD_ID_PREFIX}{self.kind}{self.nonce}:{self.caller.encode('ascii').hex()}:"
 
     @property
     def json(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from cachetools import LRUCache
@@ -57,7 +58,8 @@ class ListingFilter:
         self._hidden = hidden
         self._shapes = shapes
         # The way servers write it, compactly, in this order: where `result` starts is then known without a scan.
-        self._usual_start = '{"jsonrpc":"2.0","id":' + json.dumps(request_id) + ',"result":'
+        id_json = encode_basestring_ascii(request_id) if isinstance(request_id, str) else json.dumps(request_id)
+        self._usual_start = '{"jsonrpc":"2.0","id":' + id_json + ',"result":'
 
     def __call__(self, text: str) -> str | None:
         try:
@@ -117,14 +119,15 @@ class ListingShape:
 
     def __init__(
         self,
-        key: tuple[str, str, bytes],
+        key: tuple[str, str, int, int],
+        result: bytes,
         start: int,
         entries: list[tuple[int, int, str | None]],
         close: int,
         reserved: bool,
     ) -> None:
         self.key = key
-        self.result = key[2]
+        self.result = result
         self.start = start
         self.entries = entries
         self.close = close
@@ -169,7 +172,17 @@ def _read_shape(result: bytes, list_key: str, name_key: str, reserved: Sequence[
         start, index = to_bytes[start], to_bytes[index]
         entries = [(to_bytes[begin], to_bytes[end], name) for begin, end, name in entries]
     contains_reserved = any(text_ in result for text_ in reserved)
-    return ListingShape((list_key, name_key, result), start, entries, index, contains_reserved)
+    return ListingShape(_fingerprint(result, list_key, name_key), result, start, entries, index, contains_reserved)
+
+
+_SAMPLED = 512
+
+
+def _fingerprint(result: bytes, list_key: str, name_key: str) -> tuple[str, str, int, int]:
+    """What a result is looked up by: its length and a hash of its ends, so a large listing is not hashed whole on
+    every answer. A listing found by it is compared byte for byte before it is used."""
+    sample = result if len(result) <= 2 * _SAMPLED else result[:_SAMPLED] + result[-_SAMPLED:]
+    return list_key, name_key, len(result), hash(sample)
 
 
 def _byte_offsets(text: str, offsets: list[int]) -> dict[int, int]:
@@ -184,30 +197,31 @@ def _byte_offsets(text: str, offsets: list[int]) -> dict[int, int]:
 
 
 class ListingShapes:
-    """The listings answered lately, read, by the bytes of their `result`. A server answers an unchanged listing with
-    the same bytes every time, so its entries are decoded once, not once per caller, and the result written for one
-    set of hidden names is written once: judging a listing then costs a lookup and working out the names hidden from
-    the caller. Bounded by the bytes kept, `max_bytes` in all. Nothing here is a decision: which names are hidden is
-    worked out for every answer, and a result written for one set of hidden names is only ever given for that set.
+    """The listings answered lately, read, found by the bytes of their `result`. A server answers an unchanged
+    listing with the same bytes every time, so its entries are decoded once, not once per caller, and the result
+    written for one set of hidden names is written once: judging a listing then costs a lookup, a comparison and
+    working out the names hidden from the caller. Bounded by the bytes kept, `max_bytes` in all. Nothing here is a
+    decision: which names are hidden is worked out for every answer, and a result written for one set of hidden names
+    is only ever given for that set.
 
     `reserved`: texts whose presence in a result is noted (`ListingShape.reserved`), once per listing.
     """
 
     def __init__(self, max_bytes: int = 8 * 2**20, *, reserved: Sequence[bytes] = ()) -> None:
-        self._shapes: LRUCache[tuple[str, str, bytes], ListingShape] = LRUCache(
+        self._shapes: LRUCache[tuple[str, str, int, int], ListingShape] = LRUCache(
             maxsize=max_bytes, getsizeof=lambda shape: shape.size
         )
         self._reserved = tuple(reserved)
 
     def shape(self, result: bytes, list_key: str, name_key: str) -> ListingShape | None:
         # By the keys too: the same bytes read for other keys are another listing.
-        key = (list_key, name_key, result)
+        key = _fingerprint(result, list_key, name_key)
         known = self._shapes.get(key)
-        if known is not None:
+        if known is not None and known.result == result:
             return known
         shape = _read_shape(result, list_key, name_key, self._reserved)
         if shape is not None and shape.size <= self._shapes.maxsize:
-            self._shapes[key] = shape
+            self._shapes[key] = shape  # in place of another listing that had the same fingerprint, if one did
         return shape
 
     def filtered(self, shape: ListingShape, hidden: frozenset[str]) -> bytes | None:
