@@ -393,6 +393,51 @@ async def test_a_json_listing_sent_without_a_length_is_filtered_too(chunks: int)
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "caller_id"),
+    [
+        (b'{"jsonrpc":"2.0","id":7,"method":"tools/list"}', 7),
+        (b'{"jsonrpc":"2.0","id":"a-7","method":"tools/list","params":{}}', "a-7"),
+        (b'{"jsonrpc": "2.0", "id": 7, "method": "tools/list"}', 7),
+        (b'{"id":7,"jsonrpc":"2.0","method":"tools/list"}', 7),
+        (b'{"jsonrpc":"2.0","id":"a\\u002d7","method":"tools/list"}', "a-7"),
+        (b'{"jsonrpc":"2.0","id":70,"method":"tools/list","params":{"_meta":{"id":7}}}', 70),
+    ],
+)
+async def test_a_listing_request_travels_under_the_guards_id_however_the_client_wrote_it(
+    body: bytes, caller_id: Any
+) -> None:
+    forwarded: list[Any] = []
+
+    async def listing_app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = json.loads((await receive())["body"])
+        forwarded.append(request)
+        answer = {"jsonrpc": "2.0", "id": request["id"], "result": {"tools": [{"name": "add"}, {"name": "secret"}]}}
+        encoded = json.dumps(answer, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(encoded)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": encoded})
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": [(b"content-type", b"application/json")]}
+    await ToolPolicyMiddleware(listing_app, policy())(scope, receive, send)
+    (request,) = forwarded
+    assert request["id"].startswith("mcp-access-guard:t")
+    assert {key: value for key, value in request.items() if key != "id"} == {
+        key: value for key, value in json.loads(body).items() if key != "id"
+    }
+    answer = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))
+    assert answer == {"jsonrpc": "2.0", "id": caller_id, "result": {"tools": [{"name": "add"}]}}
+
+
+@pytest.mark.anyio
 async def test_service_token_rule_and_anonymous_callers() -> None:
     async with serve(guarded(mcp_server())) as url, httpx.AsyncClient() as client:
         robot = Raw(client, url, "modern", None)
