@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import random
 import time
+from time import perf_counter
 
 from cachetools import LRUCache
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import metrics
 from ..audit import log_decision
 from ..config import ConfigError
 from ..identity import SCOPE_STATE_KEY, AccessIdentity, bind_identity
@@ -115,6 +117,8 @@ class OAuthBearerMiddleware:
         )
         self._cache_ttl = cache_ttl
         self._challenge = f'Bearer resource_metadata="{server.resource_metadata_url}"'
+        if self._cache is not None:
+            metrics.watch_cache("oauth_bearer_tokens", self, lambda layer: len(layer._cache or ()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -159,26 +163,36 @@ class OAuthBearerMiddleware:
             await self.app(scope, receive, send)
 
     async def _grant(self, token: str) -> BearerGrant:
+        started = perf_counter()
+        path = "cached"
         cache = self._cache
-        if cache is None:
-            return await self.server.authenticate_bearer(token)
-        # Keyed by the token itself, as the Access JWT layer's cache is: this process holds it anyway while the
-        # request lasts; the store only ever sees its hash.
-        entry = cache.get(token)
-        if entry is not None:
-            grant, look_again_at = entry
-            if grant.grant_id in self.server.grants.revoked:
-                cache.pop(token, None)
-                raise InvalidBearer("revoked")
-            if grant.expires_at <= time.time():
-                cache.pop(token, None)
-                raise InvalidBearer("expired")
-            if time.monotonic() < look_again_at:
-                return grant
-        grant = await self.server.authenticate_bearer(token)
-        # Up to a quarter less, at random: entries made together (clients reconnecting at once) would otherwise all
-        # go back to the store together, every cache_ttl, and queue there.
-        cache[token] = (grant, time.monotonic() + self._cache_ttl * (1 - random.random() / 4))  # noqa: S311
+        try:
+            # Keyed by the token itself, as the Access JWT layer's cache is: this process holds it anyway while the
+            # request lasts; the store only ever sees its hash.
+            if cache is not None and (entry := cache.get(token)) is not None:
+                grant, look_again_at = entry
+                if grant.grant_id in self.server.grants.revoked:
+                    cache.pop(token, None)
+                    raise InvalidBearer("revoked")
+                if grant.expires_at <= time.time():
+                    cache.pop(token, None)
+                    raise InvalidBearer("expired")
+                if time.monotonic() < look_again_at:
+                    metrics.verification(_LAYER, path, "ok", started)
+                    return grant
+            path = "fresh"
+            grant = await self.server.authenticate_bearer(token)
+        except InvalidBearer as invalid:
+            metrics.verification(_LAYER, path, invalid.reason, started)
+            raise
+        except StoreUnavailable:
+            metrics.verification(_LAYER, path, "store_unavailable", started)
+            raise
+        if cache is not None:
+            # Up to a quarter less, at random: entries made together (clients reconnecting at once) would otherwise
+            # all go back to the store together, every cache_ttl, and queue there.
+            cache[token] = (grant, time.monotonic() + self._cache_ttl * (1 - random.random() / 4))  # noqa: S311
+        metrics.verification(_LAYER, path, "ok", started)
         return grant
 
     async def _refuse(self, status: int, scope: Scope, receive: Receive, send: Send, error: str | None = None) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import anyio
 from cachetools import LRUCache
 
+from .. import metrics
 from ..identity import AccessIdentity
 from ..policy import Rule
 from .config import OAuthConfig
@@ -214,6 +215,7 @@ class Grants:
         if raw is None or record is None:
             raise TokenRefused("invalid_grant", "unknown_code")
         if record.spent:
+            metrics.replay("authorization_code")
             await self.revoke(record.grant_id, "code_replayed")
             raise TokenRefused("invalid_grant", "code_replayed")
         if record.client_id != client_id:
@@ -232,6 +234,7 @@ class Grants:
         spent = replace(record, spent=True).to_bytes()
         if not await self.store.compare_and_swap(key, raw, spent, ttl=CODE_REPLAY_WINDOW):
             # Spent (or gone) between our read and now: another redemption won.
+            metrics.replay("authorization_code")
             await self.revoke(record.grant_id, "code_replayed")
             raise TokenRefused("invalid_grant", "code_replayed")
 
@@ -288,6 +291,7 @@ class Grants:
                 if again is not None:
                     self._log("allow", "refresh_retried", grant)
                     return again
+            metrics.replay("refresh_token")
             await self.revoke(grant.grant_id, "refresh_token_reused")
             raise TokenRefused("invalid_grant", "refresh_token_reused")
 
@@ -358,6 +362,7 @@ class Grants:
             await self.store.delete(at_key)
             await self.store.delete(rt_key)
             raise TokenRefused("invalid_grant", "revoked")
+        (metrics.grant_issued if previous_refresh_key is None else metrics.grant_refreshed)()
         self._log("allow", "tokens_issued" if previous_refresh_key is None else "refresh_rotated", grant)
         return issued
 
@@ -367,6 +372,7 @@ class Grants:
         """Revoke a grant and every token issued under it."""
         await self.store.delete(grant_key(grant_id))
         self.revoked[grant_id] = True
+        metrics.grant_revoked(reason)
         logger.warning(
             "OAuth grant revoked (%s)", reason, extra={"layer": _LAYER, "decision": "deny", "reason": reason}
         )
