@@ -513,6 +513,11 @@ _MCP_METHOD = MCP_METHOD_HEADER.encode("latin-1")
 _MCP_NAME = MCP_NAME_HEADER.encode("latin-1")
 
 
+_READ_HEADERS = frozenset(
+    (b"content-length", b"content-type", _MCP_METHOD, _MCP_NAME, b"content-encoding", b"mcp-session-id")
+)
+
+
 class _RequestHeaders:
     """The request headers this layer reads, collected in one pass over the raw list (repeats kept).
 
@@ -529,6 +534,8 @@ class _RequestHeaders:
         self.mcp_names: list[str] = []
         self.session_id: str | None = None
         for name, value in raw_headers:
+            if name not in _READ_HEADERS:  # most of them: one set lookup, not six comparisons
+                continue
             if name == b"content-length":
                 self.content_length = value.decode("latin-1")
             elif name == b"content-type":
