@@ -29,7 +29,7 @@ import pytest
 
 from mcp_access_guard import GuardConfig
 from mcp_access_guard.config import AccessConfig
-from mcp_access_guard.settings import CORSSettings, PathSettings, ServiceTokenSettings
+from mcp_access_guard.settings import CORSSettings, LimitSettings, PathSettings, ServiceTokenSettings
 from mcp_access_guard.testing import LocalAccess, free_port, serve
 from support import INITIALIZE, MCP_HEADERS
 
@@ -226,9 +226,9 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     from mcp_access_guard import settings as settings_module
 
     settings = set(inspect.signature(AccessConfig.__init__).parameters) - {"self"}
-    for kind in (PathSettings, CORSSettings, ServiceTokenSettings, GuardConfig):
+    for kind in (PathSettings, CORSSettings, ServiceTokenSettings, LimitSettings, GuardConfig):
         settings |= {field.name for field in dataclasses.fields(kind)}
-    settings -= {"access", "paths", "cors", "service_token", "tools", "allow"}
+    settings -= {"access", "paths", "cors", "service_token", "limits", "tools", "allow"}
     missing = [name for name in sorted(settings) if f"`{name}`" not in README and f" {name}`" not in README]
     assert not missing, f"settings missing from the README: {missing}"
     variables = set(

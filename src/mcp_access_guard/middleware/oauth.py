@@ -16,6 +16,7 @@ from .. import metrics
 from ..audit import log_decision
 from ..config import ConfigError
 from ..identity import SCOPE_STATE_KEY, AccessIdentity, bind_identity
+from ..limits import FailedCredentialLimit
 from ..oauth.errors import UpstreamUnavailable
 from ..oauth.grants import BearerGrant, InvalidBearer
 from ..oauth.server import OAuthServer
@@ -30,6 +31,8 @@ _LAYER = "oauth_bearer"
 MAX_CACHE_TTL = 300.0
 _AUTHORIZATION = b"authorization"
 _BODY = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
+# The bearer refusals that look like guessing, and count against the address's limit on failed credentials.
+_GUESSES = frozenset({"malformed", "unknown"})
 _WEBSOCKET_CLOSE = {401: 1008, 403: 1008, 503: 1013}
 
 
@@ -93,6 +96,9 @@ class OAuthBearerMiddleware:
 
     No token: 401 with `WWW-Authenticate: Bearer resource_metadata=...`. A bad, expired or revoked token: 401 with
     `error="invalid_token"` (`invalid_request` for a malformed header). Refused by `allow`: 403. Store down: 503.
+    With `limits`, each token that is not one of ours (malformed, or never issued) counts against the caller's
+    address, and an address past the limit gets 429 before its token is even read. Our own tokens, expired, revoked
+    or for another resource, do not count: clients present those in the ordinary course.
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class OAuthBearerMiddleware:
         allow: Rule | None = None,
         cache_ttl: float = 5.0,
         cache_size: int = 10_000,
+        limits: FailedCredentialLimit | None = None,
     ) -> None:
         if not 0 <= cache_ttl <= MAX_CACHE_TTL or cache_size < 1:
             raise ConfigError(
@@ -117,6 +124,7 @@ class OAuthBearerMiddleware:
         )
         self._cache_ttl = cache_ttl
         self._challenge = f'Bearer resource_metadata="{server.resource_metadata_url}"'
+        self.limits = limits
         if self._cache is not None:
             metrics.watch_cache("oauth_bearer_tokens", self, lambda layer: len(layer._cache or ()))
 
@@ -124,6 +132,12 @@ class OAuthBearerMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        limits = self.limits
+        if limits is not None:
+            blocked = limits.refusal(scope, layer=_LAYER)
+            if blocked is not None:
+                await blocked(scope, receive, send)
+                return
         try:
             token, other_headers = _bearer_token(scope)
         except _MalformedAuthorization as malformed:
@@ -143,6 +157,8 @@ class OAuthBearerMiddleware:
             grant = await self._grant(token)
         except InvalidBearer as invalid:
             log_decision(scope, layer=_LAYER, decision="deny", reason=invalid.reason)
+            if limits is not None and invalid.reason in _GUESSES:
+                await limits.failed(scope)
             await self._refuse(401, scope, receive, send, error="invalid_token")
             return
         except StoreUnavailable as failure:

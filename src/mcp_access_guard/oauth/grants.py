@@ -87,6 +87,11 @@ _DESCRIPTIONS = {
 }
 
 
+# How long an access token's record outlives the token: a client presenting its own expired token is told
+# `expired`, not `unknown`, so it is not counted as guessing against its address's limit on failed credentials.
+EXPIRED_TOKEN_MEMORY = 86_400
+
+
 class InvalidBearer(Exception):
     """A bearer token that does not authorise a request. `reason` is one stable string: malformed, unknown,
     expired, revoked, wrong_resource."""
@@ -348,7 +353,7 @@ class Grants:
         gkey = grant_key(grant.grant_id)
         at_key, rt_key = access_token_key(access_token), refresh_token_key(refresh_token)
         at_record = AccessTokenRecord(grant.grant_id, grant.client_id, grant.resource, now + config.access_token_ttl)
-        await self.store.put(at_key, at_record.to_bytes(), ttl=config.access_token_ttl)
+        await self.store.put(at_key, at_record.to_bytes(), ttl=config.access_token_ttl + EXPIRED_TOKEN_MEMORY)
         await self.store.put(rt_key, RefreshTokenRecord(grant.grant_id).to_bytes(), ttl=config.refresh_token_ttl)
         current = replace(
             grant,
