@@ -137,13 +137,15 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class Collection:
-    """One garbage collection: when it started (perf_counter seconds), how long it ran, which generation, and the
-    CPU time it took (less than `seconds` when the machine took the CPU away in the middle of it)."""
+    """One garbage collection: when it started (perf_counter seconds), how long it ran, which generation, the
+    CPU time it took (less than `seconds` when the machine took the CPU away in the middle of it), and how many
+    unreachable objects it found (garbage only the collector could free: reference cycles)."""
 
     started: float
     seconds: float
     generation: int
     cpu_seconds: float
+    collected: int = 0
 
     @property
     def ended(self) -> float:
@@ -164,7 +166,9 @@ class GCWatch:
             self._started, self._cpu_started = now, cpu
         else:
             started = self._started
-            self.collections.append(Collection(started, now - started, info["generation"], cpu - self._cpu_started))
+            self.collections.append(
+                Collection(started, now - started, info["generation"], cpu - self._cpu_started, info["collected"])
+            )
 
     def __enter__(self) -> GCWatch:
         self.collections.clear()
@@ -181,6 +185,14 @@ class GCWatch:
         return 1000 * max(
             (c.seconds for c in self.collections if generation is None or c.generation == generation), default=0.0
         )
+
+    def worst_cpu_ms(self, generation: int | None = None) -> float:
+        return 1000 * max(
+            (c.cpu_seconds for c in self.collections if generation is None or c.generation == generation), default=0.0
+        )
+
+    def collected(self) -> int:
+        return sum(collection.collected for collection in self.collections)
 
     def total_ms(self) -> float:
         return 1000 * sum(collection.seconds for collection in self.collections)

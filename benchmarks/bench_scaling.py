@@ -271,6 +271,11 @@ async def listing_filter(quick: bool) -> Section:
         "10-tool, small-schema row: growth no faster than the work means the first ratio stays at or under the "
         "second."
     )
+    section.notes.append(
+        "The steady state: the layer keeps each listing it has read (found by its length and ends, then compared "
+        "byte for byte) and the result it wrote for each set of hidden names, bounded by bytes. A JSON answer is "
+        "then finished without being decoded: the cost left grows with the bytes copied, not with the tools."
+    )
     return section
 
 

@@ -13,8 +13,10 @@ from starlette.types import Message
 from mcp_access_guard.jsonrpc import (
     DROP_EVENT,
     GUARD_ID_PREFIX,
+    GUARD_TEXTS,
     ClientGone,
     GuardId,
+    ListingFilter,
     ListingShapes,
     RejectedRequest,
     Rewrite,
@@ -36,7 +38,6 @@ from mcp_access_guard.jsonrpc import (
     string_mark,
     value_span,
 )
-from mcp_access_guard.jsonrpc.responses import ListingShape
 
 # -- reading bodies ----------------------------------------------------------------------------------------------
 
@@ -257,17 +258,117 @@ def test_a_remembered_listing_is_not_read_with_another_name_key() -> None:
     assert by_uri == '{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"a://x","name":"secret"}]}}'
 
 
-def test_listing_shapes_keep_no_more_text_than_their_bound() -> None:
-    shapes = ListingShapes(max_chars=20_000)
+def test_listing_shapes_keep_no_more_bytes_than_their_bound() -> None:
+    shapes = ListingShapes(max_bytes=20_000)
     for count in range(1, 40):
         text = listing(1, [f"tool{index}" for index in range(count)] + ["secret"])
         filtered = json.loads(listing_filter(1, "tools", "name", secrets_hidden, shapes)(text) or "")
         assert [tool["name"] for tool in filtered["result"]["tools"]] == [f"tool{index}" for index in range(count)]
+        assert json.loads(listing_filter(1, "tools", "name", hiding_all_but(set()), shapes)(text) or "") == json.loads(
+            listing(1, [])
+        )
     kept = shapes._shapes
     assert 0 < len(kept) < 39
     assert kept.currsize <= 20_000
-    # Each counted as its result's text and as many filtered lists as it may keep.
-    assert all(size == len(result) * (1 + ListingShape.FILTERED_KEPT) for (_, _, result), (_, size) in kept.items())
+    # Each counted as its result, its entries and every result it keeps written for a caller.
+    assert all(kept.getsizeof(shape) == shape.size for shape in kept.values())
+    assert all(
+        shape.size > len(shape.result) + sum(map(len, filter(None, shape.written.values()))) for shape in kept.values()
+    )
+    assert any(len(shape.written) == 2 for shape in kept.values())
+    # A listing larger than the bound is not kept, and still filtered.
+    big = listing(1, [f"tool{index}" for index in range(400)] + ["secret"])
+    assert len(big) > 20_000
+    assert "secret" not in (public_only(1, shapes)(big) or "")
+    assert all(len(shape.entries) < 400 for shape in kept.values())
+
+
+def finished_the_general_way(body: bytes, listing_filter_: ListingFilter, guard_id: GuardId) -> bytes:
+    return replace_all(rewrite_json_body(body, listing_filter_), guard_id.restorations())
+
+
+def answer_under(guard_id: GuardId, names: list[str], **extra: Any) -> bytes:
+    return listing(guard_id.text, names, **extra).encode()
+
+
+@pytest.mark.parametrize("caller", ["7", '"req-1"'])
+def test_a_listing_finished_in_one_step_is_what_the_general_way_gives(caller: str) -> None:
+    shapes = ListingShapes(reserved=GUARD_TEXTS)
+    listings = [
+        ["add", "secret", "mul", "secret2"],
+        ["café", "secret", "\u2028", "ß" * 40, "add"],  # offsets into the text are not offsets into the bytes
+        ["secret"],
+        [],
+        ["add", "mul"],
+    ]
+    for names in listings:
+        for visible in ({"add"}, set(names), set(), {"secret", "ß" * 40, "\u2028"}):
+            for extra in ({}, {"nextCursor": "page-2", "_meta": {"k": "é"}}):
+                guard_id = GuardId.new("t", caller)
+                filter_ = listing_filter(guard_id.text, "tools", "name", hiding_all_but(visible), shapes)
+                body = answer_under(guard_id, names, **extra)
+                finished = filter_.finished_body(body, caller)
+                assert finished == finished_the_general_way(body, filter_, guard_id)
+                expected = json.loads(listing(json.loads(caller), [n for n in names if n in visible], **extra))
+                assert json.loads(finished or b"") == expected
+
+
+def test_two_callers_with_different_visible_sets_get_their_own_answers_from_the_same_listing_bytes() -> None:
+    shapes = ListingShapes(reserved=GUARD_TEXTS)
+    names = ["add", "secret", "mul", "payroll"]
+    callers = {"eve": {"add", "mul"}, "boss": {"add", "secret", "mul", "payroll"}, "hr": {"add", "payroll"}}
+    for _ in range(3):
+        for caller, visible in callers.items():
+            guard_id = GuardId.new("t", "1")
+            body = answer_under(guard_id, names)
+            finished = listing_filter(guard_id.text, "tools", "name", hiding_all_but(visible), shapes).finished_body(
+                body, "1"
+            )
+            shown = [tool["name"] for tool in json.loads(finished or b"")["result"]["tools"]]
+            assert shown == [name for name in names if name in visible], caller
+    # One listing read, a result written per set of hidden names (boss's hides none: the listing as it came).
+    (shape,) = shapes._shapes.values()
+    assert set(shape.written) == {frozenset({"secret", "payroll"}), frozenset(), frozenset({"secret", "mul"})}
+
+
+def test_a_changed_listing_of_the_same_length_is_read_anew() -> None:
+    shapes = ListingShapes(reserved=GUARD_TEXTS)
+    padding = [f"tool{index:03}" for index in range(100)]  # a listing long enough to be found by its ends
+    for names in (
+        ["add", "secret"],
+        ["add", "public"],
+        ["secret", "add"],
+        ["add", "secret"],
+        [*padding, "secret", *padding],
+        [*padding, "public", *padding],
+        [*padding, "secret", *padding],
+    ):
+        guard_id = GuardId.new("t", "1")
+        body = answer_under(guard_id, names)
+        finished = public_only(guard_id.text, shapes).finished_body(body, "1")
+        assert [tool["name"] for tool in json.loads(finished or b"")["result"]["tools"]] == [
+            name for name in names if name != "secret"
+        ]
+
+
+def test_a_listing_holding_the_guards_own_texts_takes_the_general_way() -> None:
+    # A server that echoed the guard's id (or a marker) into its listing: that text must be restored, so the answer
+    # is not finished from a result written for another request.
+    shapes = ListingShapes(reserved=GUARD_TEXTS)
+    guard_id = GuardId.new("t", "1")
+    for echoed in (guard_id.text, guard_id.marker):
+        filter_ = public_only(guard_id.text, shapes)
+        body = answer_under(guard_id, ["add", "secret"], _meta={"echo": echoed})
+        assert filter_.finished_body(body, "1") is None
+        general = json.loads(finished_the_general_way(body, filter_, guard_id))
+        assert general["result"]["_meta"]["echo"] in (1, "")  # the id put back, the marker taken out
+    # And only answers written the usual way, to this request, that are listings, are finished in one step.
+    filter_ = public_only(guard_id.text, shapes)
+    assert filter_.finished_body(answer_under(GuardId.new("t", "1"), ["secret"]), "1") is None
+    pretty = json.dumps({"jsonrpc": "2.0", "id": guard_id.text, "result": {"tools": [{"name": "secret"}]}}, indent=1)
+    assert filter_.finished_body(pretty.encode(), "1") is None
+    assert filter_.finished_body(listing(guard_id.text, []).replace('"tools"', '"other"').encode(), "1") is None
+    assert public_only(guard_id.text).finished_body(answer_under(guard_id, ["secret"]), "1") is None  # no shapes
 
 
 def test_rewrite_json_body_leaves_what_it_cannot_read() -> None:

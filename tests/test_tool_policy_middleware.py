@@ -22,6 +22,7 @@ from mcp_types import CallToolResult, ListToolsResult, TextContent, Tool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_access_guard.identity import AccessIdentity, bind_identity, current_identity
+from mcp_access_guard.jsonrpc import ListingFilter
 from mcp_access_guard.middleware.tools import ToolPolicyMiddleware
 from mcp_access_guard.policy import Rule, ToolPolicy
 from mcp_access_guard.testing import serve
@@ -320,6 +321,120 @@ async def test_a_listing_read_before_is_judged_afresh_for_each_caller_and_each_c
         # The listing changes: a new text, read anew.
         mcp.add_tool(lambda: "x", name="late", description="added while serving")
         assert await names(eve) == ["whoami", "size", "late"]
+
+
+@pytest.mark.anyio
+async def test_json_listings_remembered_for_one_caller_never_reach_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    # JSON answers, finished in one step from a result written per set of hidden names: callers interleaved on the
+    # same listing bytes, then a changed policy and a changed listing.
+    finished: list[bool] = []
+    finish = ListingFilter.finished_body
+
+    def watched(self: ListingFilter, body: bytes, caller_id: str) -> bytes | None:
+        answer = finish(self, body, caller_id)
+        finished.append(answer is not None)
+        return answer
+
+    monkeypatch.setattr(ListingFilter, "finished_body", watched)
+    mcp = mcp_server()
+    policy_ = policy()
+    app = IdentityFromTestHeaders(ToolPolicyMiddleware(mcp.streamable_http_app(json_response=True), policy_))
+    async with serve(app) as url, httpx.AsyncClient(timeout=30) as client:
+        eve = await Raw(client, url, "modern", EVE).start()
+        boss = await Raw(client, url, "modern", BOSS).start()
+        anonymous = await Raw(client, url, "modern", None).start()
+
+        async def names(session: Raw) -> list[str]:
+            response = await session.call("tools/list")
+            assert response.headers["content-type"].startswith("application/json")
+            assert int(response.headers["content-length"]) == len(response.content)
+            assert messages(response)[-1]["id"] == session.next_id
+            return [tool["name"] for tool in result(response)["tools"]]
+
+        for _ in range(3):
+            assert await names(eve) == ["add", "whoami", "size"]
+            assert await names(boss) == ["add", "whoami", "size", "secret", "café"]
+            assert await names(anonymous) == ["add", "whoami", "size"]
+        policy_.rules["add"] = Rule(emails=[BOSS])
+        assert await names(eve) == ["whoami", "size"]
+        assert await names(boss) == ["add", "whoami", "size", "secret", "café"]
+        mcp.add_tool(lambda: "x", name="late", description="added while serving")
+        assert await names(eve) == ["whoami", "size", "late"]
+        assert await names(boss) == ["add", "whoami", "size", "secret", "café", "late"]
+    # Every listing finished in one step, boss's too: the policy has rules (for prompts, for "echo") he does not match.
+    assert len(finished) == 13
+    assert all(finished)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("chunks", [1, 3])
+async def test_a_json_listing_sent_without_a_length_is_filtered_too(chunks: int) -> None:
+    # An answer in chunks (no Content-Length) is still one JSON message: held whole and filtered like any other.
+    async def chunking_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        request = json.loads((await receive())["body"])
+        tools = [{"name": name} for name in ("add", "secret", "café")]
+        body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": {"tools": tools}}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        size = -(-len(body) // chunks)
+        for start in range(0, len(body), size):
+            await send({"type": "http.response.body", "body": body[start : start + size], "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with raw(IdentityFromTestHeaders(ToolPolicyMiddleware(chunking_app, policy())), "modern") as session:
+        listed = await session.call("tools/list")
+    assert listed.status_code == 200
+    assert [tool["name"] for tool in result(listed)["tools"]] == ["add"]
+    assert messages(listed)[-1]["id"] == session.next_id
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "caller_id"),
+    [
+        (b'{"jsonrpc":"2.0","id":7,"method":"tools/list"}', 7),
+        (b'{"jsonrpc":"2.0","id":"a-7","method":"tools/list","params":{}}', "a-7"),
+        (b'{"jsonrpc": "2.0", "id": 7, "method": "tools/list"}', 7),
+        (b'{"id":7,"jsonrpc":"2.0","method":"tools/list"}', 7),
+        (b'{"jsonrpc":"2.0","id":"a\\u002d7","method":"tools/list"}', "a-7"),
+        (b'{"jsonrpc":"2.0","id":70,"method":"tools/list","params":{"_meta":{"id":7}}}', 70),
+    ],
+)
+async def test_a_listing_request_travels_under_the_guards_id_however_the_client_wrote_it(
+    body: bytes, caller_id: Any
+) -> None:
+    forwarded: list[Any] = []
+
+    async def listing_app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = json.loads((await receive())["body"])
+        forwarded.append(request)
+        answer = {"jsonrpc": "2.0", "id": request["id"], "result": {"tools": [{"name": "add"}, {"name": "secret"}]}}
+        encoded = json.dumps(answer, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(encoded)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": encoded})
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": [(b"content-type", b"application/json")]}
+    await ToolPolicyMiddleware(listing_app, policy())(scope, receive, send)
+    (request,) = forwarded
+    assert request["id"].startswith("mcp-access-guard:t")
+    assert {key: value for key, value in request.items() if key != "id"} == {
+        key: value for key, value in json.loads(body).items() if key != "id"
+    }
+    answer = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))
+    assert answer == {"jsonrpc": "2.0", "id": caller_id, "result": {"tools": [{"name": "add"}]}}
 
 
 @pytest.mark.anyio

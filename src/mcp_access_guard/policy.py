@@ -195,7 +195,8 @@ class ToolPolicy:
             return frozenset()
         if family == "resource":
             return frozenset(uri for uri in names if not self._decide_uri(rules, uri, identity)[0])
-        ruled = names & rules.keys()
+        # Intersected from the smaller side: a long listing against few rules, or many rules against a short listing.
+        ruled = names.intersection(rules) if len(rules) <= len(names) else frozenset(n for n in names if n in rules)
         matched = {name for name in ruled if rules[name].matches(identity)}
         return frozenset((ruled if self.default == "allow" else names) - matched)
 

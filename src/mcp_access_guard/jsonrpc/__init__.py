@@ -22,9 +22,10 @@ from .bodies import (
     string_mark,
     value_span,
 )
-from .ids import GUARD_ID_PREFIX, MARKER, GuardId, caller_id_text, guard_ids_in, restore
+from .ids import GUARD_ID_PREFIX, GUARD_TEXTS, MARKER, GuardId, caller_id_text, guard_ids_in, restore
 from .responses import (
     DROP_EVENT,
+    ListingFilter,
     ListingShapes,
     Replacement,
     Rewrite,
@@ -40,12 +41,14 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DROP_EVENT",
     "GUARD_ID_PREFIX",
+    "GUARD_TEXTS",
     "MARKER",
     "REWRITE_ROOM",
     "SDK_MAX_BODY_BYTES",
     "ClientGone",
     "Edit",
     "GuardId",
+    "ListingFilter",
     "ListingShapes",
     "RejectedRequest",
     "Replacement",

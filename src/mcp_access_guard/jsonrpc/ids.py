@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .responses import Replacement
@@ -25,8 +25,11 @@ _INT_BOUND = 10**_MAX_CALLER_ID
 # Printable ASCII but `"` and `\`: written the same way by every JSON encoder, and safe inside any JSON string.
 _PLAIN_STRING = re.compile(r"[ !#-\[\]-~]*")
 _GUARD_ID = re.compile(re.escape(GUARD_ID_PREFIX) + r"([a-z])([0-9a-f]{32}):((?:[0-9a-f]{2})+):")
-MARKER = re.compile(r"-denied-[0-9a-f]{32}")
+_MARKER_START = "-denied-"
+MARKER = re.compile(_MARKER_START + r"[0-9a-f]{32}")
 """What the guard adds to a refused name, so that the server answers for a name it does not have."""
+GUARD_TEXTS = (GUARD_ID_PREFIX.encode("ascii"), _MARKER_START.encode("ascii"))
+"""Every text a `GuardId` restores holds one of these: a text without them has nothing of the guard's in it."""
 
 
 def caller_id_text(value: Any) -> str | None:
@@ -52,14 +55,17 @@ class GuardId:
     kind: str
     nonce: str
     caller: str
+    # Written once: a rewritten request and its answer use it several times.
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "text", f"{GUARD_ID_PREFIX}{self.kind}{self.nonce}:{self.caller.encode('ascii').hex()}:"
+        )
 
     @classmethod
     def new(cls, kind: str, caller: str) -> GuardId:
         return cls(kind, secrets.token_hex(16), caller)
-
-    @property
-    def text(self) -> str:
-        return f"{GUARD_ID_PREFIX}{self.kind}{self.nonce}:{self.caller.encode('ascii').hex()}:"
 
     @property
     def json(self) -> str:
@@ -67,7 +73,7 @@ class GuardId:
 
     @property
     def marker(self) -> str:
-        return f"-denied-{self.nonce}"
+        return f"{_MARKER_START}{self.nonce}"
 
     def restorations(self) -> list[Replacement]:
         """Where the guard's id is a JSON value, the caller's id; inside other text, the caller's id unquoted; and

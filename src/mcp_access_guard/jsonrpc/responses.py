@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from cachetools import LRUCache
@@ -33,129 +34,210 @@ Hidden = Callable[[frozenset[str]], frozenset[str]]
 
 def listing_filter(
     request_id: Any, list_key: str, name_key: str, hidden: Hidden, shapes: ListingShapes | None = None
-) -> Rewrite:
+) -> ListingFilter:
     """A rewrite that drops the entries of `result[list_key]` whose `name_key` is `hidden`, in the response to
     `request_id`; an entry that is not an object with a string there is dropped too (nothing vouches for it).
 
     Only the dropped entries' bytes go; everything else (cursors, `_meta`, the server's own escaping) stays. With
-    `shapes`, a listing answered the same way before is not decoded again.
+    `shapes`, a listing answered the same way before is not decoded again, and the list written for a set of hidden
+    names is written once.
     """
-    # The way servers write it, compactly, in this order: where `result` starts is then known without a scan.
-    usual_start = '{"jsonrpc":"2.0","id":' + json.dumps(request_id) + ',"result":'
+    return ListingFilter(request_id, list_key, name_key, hidden, shapes)
 
-    def rewrite(text: str) -> str | None:
+
+class ListingFilter:
+    """The `Rewrite` `listing_filter` gives; it can also finish a whole JSON body in one step (`finished_body`)."""
+
+    __slots__ = ("_hidden", "_keys", "_request_id", "_shapes", "_usual_start")
+
+    def __init__(
+        self, request_id: Any, list_key: str, name_key: str, hidden: Hidden, shapes: ListingShapes | None
+    ) -> None:
+        self._request_id = request_id
+        self._keys = (list_key, name_key)
+        self._hidden = hidden
+        self._shapes = shapes
+        # The way servers write it, compactly, in this order: where `result` starts is then known without a scan.
+        id_json = encode_basestring_ascii(request_id) if isinstance(request_id, str) else json.dumps(request_id)
+        self._usual_start = '{"jsonrpc":"2.0","id":' + id_json + ',"result":'
+
+    def __call__(self, text: str) -> str | None:
         try:
-            return _filtered_listing(text, request_id, usual_start, list_key, name_key, hidden, shapes)
+            return self._filtered_text(text)
         except (ValueError, IndexError, StopIteration):
             # Not the JSON-RPC response we are waiting for (a comment, a ping, another message shape).
             return None
 
-    return rewrite
-
-
-def _filtered_listing(
-    text: str,
-    request_id: Any,
-    usual_start: str,
-    list_key: str,
-    name_key: str,
-    hidden: Hidden,
-    shapes: ListingShapes | None,
-) -> str | None:
-    if text.startswith(usual_start):
-        result_start: int | None = len(usual_start)
-    else:
-        top = skip_whitespace(text, 0)
-        if not text.startswith("{", top):
+    def finished_body(self, body: bytes, caller_id: str) -> bytes | None:
+        """The whole answer filtered, its id put back as `caller_id`, in one step without decoding it: when it is
+        written the usual way, its listing was read before, and its `result` holds none of the `reserved` texts of
+        `shapes` (so nothing in it is the guard's to restore). None when the general way must be taken."""
+        usual_start = self._usual_start.encode("ascii")
+        if self._shapes is None or not body.startswith(usual_start):
             return None
-        id_start, result_start = member_starts(text, top, ("id", "result"))
-        if id_start is None or not same_json_value(DECODER.raw_decode(text, id_start)[0], request_id):
+        result = body[len(usual_start) :]
+        try:
+            shape = self._shapes.shape(result, *self._keys)
+        except (ValueError, IndexError, StopIteration):
             return None
-    if result_start is None or not text.startswith("{", result_start):
-        return None
-    result = text[result_start:]
-    shape = _read_shape(result, list_key, name_key) if shapes is None else shapes.shape(result, list_key, name_key)
-    if shape is None:
-        return None
-    entries = shape.filtered(hidden(shape.names))
-    if entries is None:
-        return None
-    return text[:result_start] + result[: shape.start] + entries + result[shape.close :]
+        if shape is None or shape.reserved:
+            return None
+        filtered = self._shapes.filtered(shape, self._hidden(shape.names))
+        return b'{"jsonrpc":"2.0","id":' + caller_id.encode("ascii") + b',"result":' + (filtered or result)
+
+    def _filtered_text(self, text: str) -> str | None:
+        if text.startswith(self._usual_start):
+            result_start: int | None = len(self._usual_start)
+        else:
+            top = skip_whitespace(text, 0)
+            if not text.startswith("{", top):
+                return None
+            id_start, result_start = member_starts(text, top, ("id", "result"))
+            if id_start is None or not same_json_value(DECODER.raw_decode(text, id_start)[0], self._request_id):
+                return None
+        if result_start is None or not text.startswith("{", result_start):
+            return None
+        result = text[result_start:].encode("utf-8")
+        if self._shapes is None:
+            shape = _read_shape(result, *self._keys, ())
+            filtered = shape.without(self._hidden(shape.names)) if shape is not None else None
+        else:
+            shape = self._shapes.shape(result, *self._keys)
+            filtered = self._shapes.filtered(shape, self._hidden(shape.names)) if shape is not None else None
+        return None if filtered is None else text[:result_start] + filtered.decode("utf-8")
 
 
 class ListingShape:
-    """A `result` holding a listing, read once: where the list is in it (its `[` and its `]`), where each entry is
-    and what it names (None when it is not an object with a string name); and the lists already written for the
-    sets of names hidden from callers so far (a few: a policy sorts its callers into few kinds)."""
+    """A `result` holding a listing, read once: its bytes, where the list is in it (its `[` and its `]`), where each
+    entry is and what it names (None when it is not an object with a string name), all by byte offsets; whether any
+    reserved text is in it; and the results already written for the sets of names hidden from callers so far (a
+    few: a policy sorts its callers into few kinds)."""
 
-    __slots__ = ("_filtered", "_text", "close", "entries", "names", "start")
-    FILTERED_KEPT = 8
+    __slots__ = ("close", "entries", "key", "names", "reserved", "result", "start", "written")
+    WRITTEN_KEPT = 8
+    ENTRY_BYTES = 100  # what an entry's offsets and name cost, roughly, counted against the bound
 
-    def __init__(self, start: int, entries: list[tuple[int, int, str | None]], close: int, text: str) -> None:
+    def __init__(
+        self,
+        key: tuple[str, str, int, int],
+        result: bytes,
+        start: int,
+        entries: list[tuple[int, int, str | None]],
+        close: int,
+        reserved: bool,
+    ) -> None:
+        self.key = key
+        self.result = result
         self.start = start
         self.entries = entries
         self.close = close
         self.names = frozenset(name for _, _, name in entries if name is not None)
-        self._filtered: dict[frozenset[str], str | None] = {}
-        self._text = text
+        self.reserved = reserved
+        self.written: dict[frozenset[str], bytes | None] = {}
 
-    def filtered(self, hidden: frozenset[str]) -> str | None:
-        """The list without the entries `hidden` names or that name nothing, from its `[` up to (not with) its `]`;
-        None when that drops none."""
-        if hidden in self._filtered:
-            return self._filtered[hidden]
-        text = self._text
-        kept = [text[begin:end] for begin, end, name in self.entries if name is not None and name not in hidden]
-        filtered = None if len(kept) == len(self.entries) else "[" + ",".join(kept)
-        if len(self._filtered) >= self.FILTERED_KEPT:
-            self._filtered.clear()
-        self._filtered[hidden] = filtered
-        return filtered
+    @property
+    def size(self) -> int:
+        written = sum(len(result) for result in self.written.values() if result is not None)
+        return len(self.result) + self.ENTRY_BYTES * len(self.entries) + written
+
+    def without(self, hidden: frozenset[str]) -> bytes | None:
+        """The result without the entries `hidden` names or that name nothing; None when that drops none."""
+        result = self.result
+        kept = [result[begin:end] for begin, end, name in self.entries if name is not None and name not in hidden]
+        if len(kept) == len(self.entries):
+            return None
+        return result[: self.start] + b"[" + b",".join(kept) + result[self.close :]
 
 
-def _read_shape(result: str, list_key: str, name_key: str) -> ListingShape | None:
-    start = member_starts(result, 0, (list_key,))[0]
-    if start is None or result[start] != "[":
+def _read_shape(result: bytes, list_key: str, name_key: str, reserved: Sequence[bytes]) -> ListingShape | None:
+    text = result.decode("utf-8")
+    start = member_starts(text, 0, (list_key,))[0]
+    if start is None or text[start] != "[":
         return None
     # Each entry is decoded once, by the C scanner, to be named; the loop around it is the per-entry overhead, so
     # whitespace (rare: servers answer compactly) is tested for before the regex is called to skip it.
     entries: list[tuple[int, int, str | None]] = []
-    index = skip_whitespace(result, start + 1)
-    while result[index] != "]":
-        entry, end = scan_value(result, index)
+    index = skip_whitespace(text, start + 1)
+    while text[index] != "]":
+        entry, end = scan_value(text, index)
         name = entry.get(name_key) if isinstance(entry, dict) else None
         entries.append((index, end, name if isinstance(name, str) else None))
-        index = skip_whitespace(result, end) if result[end] in " \t\n\r" else end
-        if result[index] == ",":
+        index = skip_whitespace(text, end) if text[end] in " \t\n\r" else end
+        if text[index] == ",":
             index += 1
-            if result[index] in " \t\n\r":
-                index = skip_whitespace(result, index)
-    return ListingShape(start, entries, index, result)
+            if text[index] in " \t\n\r":
+                index = skip_whitespace(text, index)
+    if len(text) != len(result):  # not ASCII: offsets into the text are not offsets into the bytes
+        to_bytes = _byte_offsets(text, [start, index, *(at for begin, end, _ in entries for at in (begin, end))])
+        start, index = to_bytes[start], to_bytes[index]
+        entries = [(to_bytes[begin], to_bytes[end], name) for begin, end, name in entries]
+    contains_reserved = any(text_ in result for text_ in reserved)
+    return ListingShape(_fingerprint(result, list_key, name_key), result, start, entries, index, contains_reserved)
+
+
+_SAMPLED = 512
+
+
+def _fingerprint(result: bytes, list_key: str, name_key: str) -> tuple[str, str, int, int]:
+    """What a result is looked up by: its length and a hash of its ends, so a large listing is not hashed whole on
+    every answer. A listing found by it is compared byte for byte before it is used."""
+    sample = result if len(result) <= 2 * _SAMPLED else result[:_SAMPLED] + result[-_SAMPLED:]
+    return list_key, name_key, len(result), hash(sample)
+
+
+def _byte_offsets(text: str, offsets: list[int]) -> dict[int, int]:
+    """Where each of `offsets` (into `text`) falls in `text` encoded as UTF-8; one pass over the text."""
+    found = {}
+    at = width = 0
+    for offset in sorted(set(offsets)):
+        width += len(text[at:offset].encode("utf-8"))
+        at = offset
+        found[offset] = width
+    return found
 
 
 class ListingShapes:
-    """The listings answered lately, read, by the text of their `result`. A server answers an unchanged listing with
-    the same text every time, so its entries are decoded once, not once per caller: judging a listing then costs a
-    lookup and a set of the names hidden from the caller. Bounded by the text kept, `max_chars` characters in all.
-    Nothing here is a decision: which names are hidden is worked out for every answer."""
+    """The listings answered lately, read, found by the bytes of their `result`. A server answers an unchanged
+    listing with the same bytes every time, so its entries are decoded once, not once per caller, and the result
+    written for one set of hidden names is written once: judging a listing then costs a lookup, a comparison and
+    working out the names hidden from the caller. Bounded by the bytes kept, `max_bytes` in all. Nothing here is a
+    decision: which names are hidden is worked out for every answer, and a result written for one set of hidden names
+    is only ever given for that set.
 
-    def __init__(self, max_chars: int = 8 * 2**20) -> None:
-        self._shapes: LRUCache[tuple[str, str, str], tuple[ListingShape | None, int]] = LRUCache(
-            maxsize=max_chars, getsizeof=lambda kept: kept[1]
+    `reserved`: texts whose presence in a result is noted (`ListingShape.reserved`), once per listing.
+    """
+
+    def __init__(self, max_bytes: int = 8 * 2**20, *, reserved: Sequence[bytes] = ()) -> None:
+        self._shapes: LRUCache[tuple[str, str, int, int], ListingShape] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda shape: shape.size
         )
+        self._reserved = tuple(reserved)
 
-    def shape(self, result: str, list_key: str, name_key: str) -> ListingShape | None:
-        # By the keys too: the same text read for other keys is another listing.
-        key = (list_key, name_key, result)
+    def shape(self, result: bytes, list_key: str, name_key: str) -> ListingShape | None:
+        # By the keys too: the same bytes read for other keys are another listing.
+        key = _fingerprint(result, list_key, name_key)
         known = self._shapes.get(key)
-        if known is not None:
-            return known[0]
-        shape = _read_shape(result, list_key, name_key)
-        # Counted as the text it holds at most: the result itself, and as many filtered lists as it keeps.
-        size = len(result) * (1 + ListingShape.FILTERED_KEPT)
-        if size <= self._shapes.maxsize:
-            self._shapes[key] = (shape, size)
+        if known is not None and known.result == result:
+            return known
+        shape = _read_shape(result, list_key, name_key, self._reserved)
+        if shape is not None and shape.size <= self._shapes.maxsize:
+            self._shapes[key] = shape  # in place of another listing that had the same fingerprint, if one did
         return shape
+
+    def filtered(self, shape: ListingShape, hidden: frozenset[str]) -> bytes | None:
+        """`shape.without(hidden)`, written once per set of hidden names while the listing is kept."""
+        if hidden in shape.written:
+            return shape.written[hidden]
+        written = shape.without(hidden)
+        if self._shapes.get(shape.key) is shape:
+            if len(shape.written) >= shape.WRITTEN_KEPT:
+                shape.written.clear()
+            shape.written[hidden] = written
+            if shape.size <= self._shapes.maxsize:
+                self._shapes[shape.key] = shape  # counted again, with what it now keeps
+            else:
+                del self._shapes[shape.key]
+        return written
 
 
 def rewrite_json_body(body: bytes, rewrite: Rewrite) -> bytes:

@@ -67,10 +67,12 @@ from ..jsonrpc import (
     DEFAULT_MAX_BODY_BYTES,
     DROP_EVENT,
     GUARD_ID_PREFIX,
+    GUARD_TEXTS,
     MARKER,
     ClientGone,
     Edit,
     GuardId,
+    ListingFilter,
     ListingShapes,
     RejectedRequest,
     Replacement,
@@ -151,6 +153,8 @@ class _Verdict:
     rewrite: Rewrite | None = None
     replacements: list[Replacement] = field(default_factory=list)
     mcp_name: str | None = None
+    # A whole JSON answer done in one step (rewritten and restored), or None when the general way must be taken.
+    finish: Callable[[bytes], bytes | None] | None = None
 
 
 class ToolPolicyMiddleware:
@@ -164,7 +168,7 @@ class ToolPolicyMiddleware:
         self._ended_sessions: OrderedDict[str, None] = OrderedDict()
         self._streamed = StreamedAnswers()
         self._streams = OpenStreams()
-        self._listing_shapes = ListingShapes()
+        self._listing_shapes = ListingShapes(reserved=GUARD_TEXTS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -217,7 +221,9 @@ class ToolPolicyMiddleware:
             return
         if verdict.body is not body or verdict.mcp_name is not None:
             scope = dict(scope, headers=_forwarded_headers(scope, verdict))
-        answer = _Answer(send, rewrite=verdict.rewrite, replacements=verdict.replacements, ended=ended)
+        answer = _Answer(
+            send, rewrite=verdict.rewrite, replacements=verdict.replacements, ended=ended, finish=verdict.finish
+        )
         await self.app(scope, replaying(verdict.body, receive), answer.send)
 
     async def _inspect(
@@ -262,7 +268,10 @@ class ToolPolicyMiddleware:
                 return None
             log_decision(scope, layer=LAYER, decision="allow", reason="listing_filtered", principal=principal)
             guard_id = GuardId.new(listing.kind, caller_id)
-            return self._rewritten(body, guard_id, [], rewrite=self._listing_filter(listing, guard_id, identity))
+            listing_filter = self._listing_filter(listing, guard_id, identity)
+            verdict = self._rewritten(body, guard_id, [], rewrite=listing_filter)
+            verdict.finish = functools.partial(listing_filter.finished_body, caller_id=caller_id)
+            return verdict
 
         refused = await self._refused(scope, message, method, identity)
         if not refused:
@@ -299,6 +308,17 @@ class ToolPolicyMiddleware:
         rewrite: Rewrite | None = None,
     ) -> _Verdict:
         """The request with `edits` made and, if it has an id, the guard's id in place of the caller's."""
+        if with_id and not edits:
+            # The way clients write it, compactly, the id second: its place is known without a scan, in the ASCII
+            # start of the body, where offsets into the text are offsets into the bytes.
+            usual_end = _USUAL_ID_START + len(guard_id.caller)
+            if (
+                body.startswith(_USUAL_REQUEST_START)
+                and body[_USUAL_ID_START:usual_end] == guard_id.caller.encode("ascii")
+                and body[usual_end : usual_end + 1] in (b",", b"}")
+            ):
+                new_body = body[:_USUAL_ID_START] + guard_id.json.encode("ascii") + body[usual_end:]
+                return _Verdict(new_body, rewrite, guard_id.restorations())
         text = body.decode("utf-8") if text is None else text
         if with_id:
             id_span = value_span(text, ("id",))
@@ -356,7 +376,7 @@ class ToolPolicyMiddleware:
             self.app, scope, method=method, list_key=listing.list_key, meta=meta, streamed=self._streamed
         )
 
-    def _listing_filter(self, listing: _Listing, guard_id: GuardId, identity: AccessIdentity | None) -> Rewrite:
+    def _listing_filter(self, listing: _Listing, guard_id: GuardId, identity: AccessIdentity | None) -> ListingFilter:
         family, policy = listing.family, self.policy
 
         def hidden(names: frozenset[str]) -> frozenset[str]:
@@ -487,8 +507,15 @@ def _span(text: str, target: _Target, index: int | None) -> tuple[int, int]:
     return span
 
 
+_USUAL_REQUEST_START = b'{"jsonrpc":"2.0","id":'
+_USUAL_ID_START = len(_USUAL_REQUEST_START)
 _MCP_METHOD = MCP_METHOD_HEADER.encode("latin-1")
 _MCP_NAME = MCP_NAME_HEADER.encode("latin-1")
+
+
+_READ_HEADERS = frozenset(
+    (b"content-length", b"content-type", _MCP_METHOD, _MCP_NAME, b"content-encoding", b"mcp-session-id")
+)
 
 
 class _RequestHeaders:
@@ -507,6 +534,8 @@ class _RequestHeaders:
         self.mcp_names: list[str] = []
         self.session_id: str | None = None
         for name, value in raw_headers:
+            if name not in _READ_HEADERS:  # most of them: one set lookup, not six comparisons
+                continue
             if name == b"content-length":
                 self.content_length = value.decode("latin-1")
             elif name == b"content-type":
@@ -619,10 +648,12 @@ class _Answer:
         replacements: list[Replacement] | None = None,
         ended: Callable[[], bool] | None = None,
         streams_only: bool = False,
+        finish: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         self._send = send
         self._streams_only = streams_only
         self._rewrite = rewrite
+        self._finish = finish
         self._replacements = replacements or []
         self._ended = ended
         self.started = False
@@ -658,17 +689,18 @@ class _Answer:
         content_type = next((value for name, value in headers if name == b"content-type"), b"")
         media_type = content_type.decode("latin-1").split(";")[0].strip().lower()
         streaming = media_type == "text/event-stream"
-        if self._streams_only and not streaming:
-            self._rewrite = None
-        if not (streaming or media_type == "application/json" or media_type.endswith("+json")):
-            self._rewrite = None  # not JSON-RPC messages: only the byte replacements apply
+        if (self._streams_only and not streaming) or not (
+            streaming or media_type == "application/json" or media_type.endswith("+json")
+        ):
+            self._rewrite = self._finish = None  # not JSON-RPC messages to rewrite: only the byte replacements apply
         if (self._rewrite is not None or self._replacements) and _encoded(headers):
             # Asked for without Accept-Encoding, and still compressed: what cannot be read is not passed on.
             logger.error("the app compressed an answer the tool policy must rewrite; it was refused (502)")
             self._dropping = True
             await _send_error(self._send, 502, INTERNAL_ERROR, "Bad Gateway: the server's answer could not be read")
             return
-        if streaming or not any(name == b"content-length" for name, _ in headers):
+        # A JSON answer to rewrite is held whole, with a length or without one (sent in chunks).
+        if streaming or (self._rewrite is None and not any(name == b"content-length" for name, _ in headers)):
             if self._rewrite is not None and streaming:
                 self._sse = SSERewriter(self._rewrite)
             if self._replacements:
@@ -698,9 +730,13 @@ class _Answer:
         if more:
             return
         body = bytes(self._held)
-        if self._rewrite is not None:
-            body = rewrite_json_body(body, self._rewrite)
-        body = replace_all(body, self._replacements)
+        finished = self._finish(body) if self._finish is not None else None
+        if finished is not None:
+            body = finished
+        else:
+            if self._rewrite is not None:
+                body = rewrite_json_body(body, self._rewrite)
+            body = replace_all(body, self._replacements)
         await self._send({**self._start, "headers": _with_length(self._start.get("headers", []), len(body))})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
