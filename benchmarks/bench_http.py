@@ -15,8 +15,8 @@ carries a `Cf-Access-Jwt-Assertion` from a `LocalAccess` running in this process
 Both servers log at WARNING: allow decisions are not written, as a deployment that logs refusals only runs.
 
 With `taskset` (util-linux) and two cores or more, both servers run on one core and the load generator on another,
-so the server is never starved by its own load; `py-spy` (pip install py-spy), when installed, then samples the
-guarded server under load and the report says where its time goes, package by package.
+so the server is never starved by its own load; `py-spy` (pip install py-spy), when installed, then samples each
+server under the same load and the report sets where their time goes side by side, package by package.
 """
 
 from __future__ import annotations
@@ -417,7 +417,7 @@ def collect_sync(quick: bool = False, plan: Plan | None = None) -> list[Section]
                 )
             if plan.profile_seconds and "wrk" in generators:
                 for method, callers in [cell for cell in PROFILED if cell in scripts]:
-                    profile(section, servers["guarded"], method, callers, scripts[method, callers], plan, scratch)
+                    profile(section, servers, method, callers, scripts[method, callers], plan, scratch)
         for _ in range(plan.memory_rounds):
             measure_memory(memory, issuer)
     pinning = (
@@ -574,7 +574,7 @@ def add_paired(
 
 # -- where the guarded server's time goes -------------------------------------------------------------------------
 
-PROFILED = (("tools/list", 100), ("tools/call", 100))
+PROFILED = (("tools/list", 100), ("tools/call", 100), ("tools/call", 10))
 GUARD_PACKAGE = "mcp_access_guard"
 
 
@@ -624,55 +624,64 @@ def owners(raw: str) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def profile(
-    section: Section, server: Server, method: str, callers: int, script: Path, plan: Plan, scratch: str
+    section: Section, servers: dict[str, Server], method: str, callers: int, script: Path, plan: Plan, scratch: str
 ) -> None:
+    """py-spy on the bare server and then the guarded one under the same load: samples per 1,000 requests served, by
+    package, side by side (a package's extra samples in the guarded server is work the guard made it do), and the
+    guard's own samples by function."""
     spy = py_spy()
     label = f"{method}, {callers} callers"
     if spy is None:
-        section.notes.append("py-spy is not installed (pip install py-spy): the guarded server was not profiled.")
+        section.notes.append("py-spy is not installed (pip install py-spy): the servers were not profiled.")
         return
-    output = Path(scratch, "profile.txt")
-    command = [spy, "record", "--pid", str(server.process.pid), "--duration", str(plan.profile_seconds)]
-    command += ["--rate", "200", "--nonblocking", "--full-filenames", "--format", "raw", "--output", str(output)]
-    recorder = subprocess.Popen(on_core(command, LOAD_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.5)
-    run_wrk(server.url, script, callers, plan.profile_seconds)
-    _, errors = recorder.communicate(timeout=plan.profile_seconds + 60)
-    if recorder.returncode != 0 or not output.exists():
-        section.notes.append(f"py-spy could not sample the guarded server: {errors.decode()[-300:].strip()}")
-        return
-    by_package, by_function = owners(output.read_text())
-    total = sum(by_package.values()) or 1
-    rows = [
-        f"| {package} | {count / total:.1%} |" for package, count in sorted(by_package.items(), key=lambda i: -i[1])
-    ]
+    per_request: dict[str, dict[str, float]] = {}
+    guard_functions: dict[str, int] = {}
+    guard_share = 0.0
+    for kind in SERVERS:
+        server = servers[kind]
+        output = Path(scratch, f"profile-{kind}.txt")
+        command = [spy, "record", "--pid", str(server.process.pid), "--duration", str(plan.profile_seconds)]
+        command += ["--rate", "200", "--nonblocking", "--full-filenames", "--format", "raw", "--output", str(output)]
+        recorder = subprocess.Popen(on_core(command, LOAD_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        load = run_wrk(server.url, script, callers, plan.profile_seconds)
+        _, errors = recorder.communicate(timeout=plan.profile_seconds + 60)
+        if recorder.returncode != 0 or not output.exists():
+            section.notes.append(f"py-spy could not sample the {kind} server: {errors.decode()[-300:].strip()}")
+            return
+        by_package, by_function = owners(output.read_text())
+        per_request[kind] = {package: 1000 * count / load.requests for package, count in by_package.items()}
+        if kind == "guarded":
+            guard_functions = by_function
+            guard_share = 100 * by_package.get(GUARD_PACKAGE, 0) / (sum(by_package.values()) or 1)
+    bare, guarded = per_request["bare"], per_request["guarded"]
+    packages = sorted(set(bare) | set(guarded), key=lambda package: -max(bare.get(package, 0), guarded.get(package, 0)))
+    rows = [f"| {package} | {bare.get(package, 0):.0f} | {guarded.get(package, 0):.0f} |" for package in packages]
+    rows.append(f"| all | {sum(bare.values()):.0f} | {sum(guarded.values()):.0f} |")
+    guarded_total = sum(guard_functions.values()) or 1
     guard_rows = [
-        f"| {function} | {count / total:.2%} |"
-        for function, count in sorted(by_function.items(), key=lambda item: -item[1])[:8]
+        f"| {function} | {count / guarded_total:.1%} |"
+        for function, count in sorted(guard_functions.items(), key=lambda item: -item[1])[:8]
     ]
     section.tables.append(
         "\n".join(
             [
-                f"py-spy on the guarded server under wrk ({label}, {plan.profile_seconds} s, {total} samples): "
-                "where its time goes, each sample given to the innermost frame outside the standard library",
+                f"py-spy under wrk ({label}, {plan.profile_seconds} s each, 200 samples/s): samples per 1,000 "
+                "requests served, each sample given to the innermost frame outside the standard library",
                 "",
-                "| package | share of samples |",
-                "| --- | --- |",
+                "| package | bare | guarded |",
+                "| --- | --- | --- |",
                 *rows,
                 "",
-                f"The guard's share by function ({label}):",
+                f"The guard's own samples by function ({label}):",
                 "",
-                "| function | share of samples |",
+                "| function | share of the guard's samples |",
                 "| --- | --- |",
                 *guard_rows,
             ]
         )
     )
-    section.add(
-        f"py-spy: {label}, the guard's own share of the server's samples",
-        "%",
-        [100 * by_package.get(GUARD_PACKAGE, 0) / total],
-    )
+    section.add(f"py-spy: {label}, the guard's own share of the server's samples", "%", [guard_share])
 
 
 def measure_memory(section: Section, issuer: LocalAccess) -> None:
@@ -723,6 +732,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--callers", help="comma-separated caller counts, e.g. 1,10,100")
     parser.add_argument("--method", action="append", choices=tuple(METHODS), help="only this method (repeatable)")
     parser.add_argument("--no-memory", action="store_true", help="leave the peak-memory measurement out")
+    parser.add_argument("--profile", type=int, metavar="SECONDS", help="py-spy each server this long (0: not at all)")
     parser.add_argument("--serve", choices=(*SERVERS, *FROZEN.values()), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
@@ -743,14 +753,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         callers=tuple(int(count) for count in arguments.callers.split(",")) if arguments.callers else plan.callers,
         methods=tuple(arguments.method) if arguments.method else plan.methods,
         memory_rounds=0 if arguments.no_memory else plan.memory_rounds,
+        profile_seconds=plan.profile_seconds if arguments.profile is None else arguments.profile,
     )
     for section in collect_sync(arguments.quick, plan):
         print(f"## {section.title}")
         for figure in section.figures:
             ratio = section.ratio(figure)
-            ratio_text = f"{ratio:5.2f}x" if ratio is not None else (" base" if figure.unit != "x" else "")
+            is_baseline = any(other.baseline == figure.label for other in section.figures)
+            ratio_text = f"{ratio:5.2f}x" if ratio is not None else (" base" if is_baseline else "")
             spread = f"{shown(figure.low)}-{shown(figure.high)}"
             print(f"{figure.label:<48} {shown(figure.median):>9} {figure.unit:<5} ({spread}) {ratio_text}")
+        for table in section.tables:
+            print(f"\n{table}\n")
         for note in section.notes:
             print(note)
         print()
