@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import gc
 import logging
 import pstats
@@ -30,10 +31,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bench_common import Plan
 from mcp_access_guard.middleware.access import AccessJWTMiddleware
+from mcp_access_guard.middleware.body_size import BodySizeLimitMiddleware
+from mcp_access_guard.middleware.budget import MAX_REQUESTS_PER_WINDOW, RequestBudgetMiddleware
 from mcp_access_guard.middleware.cors import CORSAllowlistMiddleware
 from mcp_access_guard.middleware.paths import PathAllowlistMiddleware
 from mcp_access_guard.middleware.service_token import DEFAULT_SECRET_HEADER, ServiceTokenMiddleware
-from mcp_access_guard.settings import CORSSettings, GuardConfig, ServiceTokenSettings
+from mcp_access_guard.settings import CORSSettings, GuardConfig, LimitSettings, ServiceTokenSettings
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import LocalAccess
 from mcp_access_guard.verifier import AccessVerifier
@@ -134,8 +137,23 @@ def build_rows(config: GuardConfig, verifier: AccessVerifier) -> list[Row]:
         Row("PathAllowlist alone", PathAllowlistMiddleware(bare_app)),
         Row("CORSAllowlist alone (allowed_hosts set)", CORSAllowlistMiddleware(bare_app, allowed_hosts=[HOST])),
         Row("ServiceToken alone (shared secret)", ServiceTokenMiddleware(bare_app, secrets=[SHARED_SECRET])),
+        Row("BodySizeLimit alone", BodySizeLimitMiddleware(bare_app)),
         Row("AccessJWT alone (cached token)", AccessJWTMiddleware(bare_app, verifier)),
+        Row(
+            "AccessJWT + RequestBudget",
+            # A budget no run reaches: every request is counted and passed.
+            AccessJWTMiddleware(RequestBudgetMiddleware(bare_app, MAX_REQUESTS_PER_WINDOW), verifier),
+        ),
+        # The stack below its outermost layer: the request-size layer's share of the whole, in the same run.
+        Row("full guard() stack less BodySizeLimit", guard(bare_app, config).app),  # type: ignore[attr-defined]
         Row("full guard() stack, no tool policy", guard(bare_app, config), TARGET_ADDED_US),
+        Row(
+            "full guard() stack, request budgets on",
+            guard(
+                bare_app, dataclasses.replace(config, limits=LimitSettings(requests_per_minute=MAX_REQUESTS_PER_WINDOW))
+            ),
+            TARGET_ADDED_US,
+        ),
     ]
 
 
@@ -164,6 +182,10 @@ def verifiers_in(app: ASGIApp) -> list[AccessVerifier]:
     return found
 
 
+def all_verifiers(rows: Sequence[Row]) -> list[AccessVerifier]:
+    return [verifier for row in rows if row.label.startswith("full") for verifier in verifiers_in(row.app)]
+
+
 async def benchmark(plan: Plan, *, profile: bool) -> None:
     with LocalAccess() as issuer:
         access = issuer.config()
@@ -182,7 +204,7 @@ async def benchmark(plan: Plan, *, profile: bool) -> None:
                 await row.app(dict(scope), receive, send)
                 assert send.status == 200, f"{row.label} answered {send.status}, not 200"
             if profile:
-                await profile_stack(rows[-1].app, scope, send, plan.iterations * plan.rounds)
+                await profile_stack(rows[-2].app, scope, send, plan.iterations * plan.rounds)
                 return
             samples: dict[str, list[float]] = {row.label: [] for row in rows}
             for round_number in range(plan.warmup + plan.rounds):
@@ -195,7 +217,7 @@ async def benchmark(plan: Plan, *, profile: bool) -> None:
             assert send.status == 200
             print_table(rows, samples, plan)
         finally:
-            for closing in [verifier, *verifiers_in(rows[-1].app)]:
+            for closing in [verifier, *all_verifiers(rows)]:
                 await closing.aclose()
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import bench_floods
 import bench_http
+import bench_metrics
 import bench_oauth
 import bench_peers
 import bench_scaling
@@ -167,6 +168,8 @@ async def collect(quick: bool) -> list[Section]:
     sections += await bench_store.collect(quick)
     print("store done", file=sys.stderr, flush=True)
     sections += await bench_oauth.collect(quick)
+    print("OAuth done", file=sys.stderr, flush=True)
+    sections += await bench_metrics.collect(quick)
     return sections
 
 

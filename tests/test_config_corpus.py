@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from mcp_access_guard import AccessConfig, ConfigError, GuardConfig
+from mcp_access_guard.settings import LimitSettings
 
 CORPUS = Path(__file__).parent / "corpus" / "config"
 AUD = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2"
@@ -81,6 +82,8 @@ def read(case: Refusal, tmp_path: Path) -> None:
         GuardConfig.from_env({**BASE_ENV, **case.extra_env, case.key: case.value})
     elif case.key == "max_body_bytes":
         GuardConfig(access=AccessConfig("myteam", AUD), max_body_bytes=toml_value(case.value))
+    elif case.key in LimitSettings.__dataclass_fields__:
+        LimitSettings(**{case.key: toml_value(case.value)})
     else:
         arguments: dict[str, Any] = {"team_domain": "myteam", "audiences": AUD, case.key: toml_value(case.value)}
         AccessConfig(**arguments)

@@ -50,6 +50,7 @@ from mcp_access_guard import GuardConfig, Rule, guard
 from mcp_access_guard.mcp_request import modern_request
 from mcp_access_guard.oauth import ClientMetadataFetcher, OAuthServer
 from mcp_access_guard.oauth.records import CREDENTIAL
+from mcp_access_guard.settings import LimitSettings
 from mcp_access_guard.testing import DROP, LocalAccessSaaS, free_port, serve
 from oauth_browser import parse_forms, walk
 from oauth_harness import SECRET_KEY, Pkce, mcp_app, oauth_config
@@ -171,7 +172,9 @@ async def started_site(variant: Variant, documents: DocumentServer | None) -> As
             setattr(saas, name, value)
         saas.login_as(USER)
         settings = {"registration_rate": 10_000, "registration_cap": 1_000_000, **variant.config}
-        app = guard(mcp_app(), GuardConfig(oauth=oauth_config(saas, public_url, **settings)))
+        # Every case comes from one address, as the registration limits above: the limit on failed credentials off.
+        no_limit = LimitSettings(failed_credentials=0)
+        app = guard(mcp_app(), GuardConfig(oauth=oauth_config(saas, public_url, **settings), limits=no_limit))
         server = the_server(app)
         if variant.documents is not None:
             assert documents is not None

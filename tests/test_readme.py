@@ -5,7 +5,8 @@ Blocks are read in order. A `<!-- readme-test: KIND -->` line just before a bloc
   CI does itself);
 - serve: a long-running command, started in the background (on a free port) for the blocks marked while-serving;
 - while-serving: shell lines run against it;
-- toml: a GuardConfig file; json: an mcpServers entry.
+- toml: a GuardConfig file; json: an mcpServers entry;
+- metrics: a python block that sets OpenTelemetry's process-wide meter provider, run in a process of its own.
 Unmarked python blocks are executed with TEAM_DOMAIN and POLICY_AUD pointing at a LocalAccess issuer; an `app` they
 define is served under uvicorn and must let a valid caller in, and a `test_*` function they define is run.
 """
@@ -28,7 +29,7 @@ import pytest
 
 from mcp_access_guard import GuardConfig
 from mcp_access_guard.config import AccessConfig
-from mcp_access_guard.settings import CORSSettings, PathSettings, ServiceTokenSettings
+from mcp_access_guard.settings import CORSSettings, LimitSettings, PathSettings, ServiceTokenSettings
 from mcp_access_guard.testing import LocalAccess, free_port, serve
 from support import INITIALIZE, MCP_HEADERS
 
@@ -58,7 +59,7 @@ def blocks(kind: str) -> list[Block]:
 
 def test_every_block_has_a_runner() -> None:
     assert README.count("```") == 2 * len(BLOCKS)
-    assert {block.kind for block in BLOCKS} <= {"setup", "serve", "while-serving", "python", "toml", "json"}
+    assert {block.kind for block in BLOCKS} <= {"setup", "serve", "while-serving", "python", "toml", "json", "metrics"}
 
 
 def test_the_readme_keeps_exactly_two_set_up_commands() -> None:
@@ -130,6 +131,33 @@ async def test_python_block(block: Block, issuer_env: LocalAccess) -> None:
     assert ran, f"README block {block.number} defines nothing this test can run"
 
 
+_DRIVE_METRICS_APP = """
+import anyio, httpx, os
+from mcp_access_guard.testing import serve
+
+async def drive():
+    headers = {**MCP_HEADERS, "Cf-Access-Jwt-Assertion": os.environ["README_TOKEN"]}
+    async with serve(app) as url, httpx.AsyncClient() as http:
+        assert (await http.post(f"{url}/mcp", json=INITIALIZE, headers=headers)).status_code == 200
+
+anyio.run(drive)
+provider.shutdown()  # the reader's last collection, exported
+"""
+
+
+def test_metrics_block_exports_the_decisions(issuer_env: LocalAccess) -> None:
+    (block,) = blocks("metrics")
+    script = f"INITIALIZE = {INITIALIZE!r}\nMCP_HEADERS = {MCP_HEADERS!r}\n{block.code}{_DRIVE_METRICS_APP}"
+    env = {**os.environ, "README_TOKEN": issuer_env.user_token()}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert '"name": "mcp_access_guard.decisions"' in done.stdout
+    assert '"reason": "verified"' in done.stdout
+    assert '"name": "mcp_access_guard.verification.duration"' in done.stdout
+
+
 @pytest.fixture
 def dev_server() -> Iterator[int]:
     (block,) = blocks("serve")
@@ -198,9 +226,9 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     from mcp_access_guard import settings as settings_module
 
     settings = set(inspect.signature(AccessConfig.__init__).parameters) - {"self"}
-    for kind in (PathSettings, CORSSettings, ServiceTokenSettings, GuardConfig):
+    for kind in (PathSettings, CORSSettings, ServiceTokenSettings, LimitSettings, GuardConfig):
         settings |= {field.name for field in dataclasses.fields(kind)}
-    settings -= {"access", "paths", "cors", "service_token", "tools", "allow"}
+    settings -= {"access", "paths", "cors", "service_token", "limits", "tools", "allow"}
     missing = [name for name in sorted(settings) if f"`{name}`" not in README and f" {name}`" not in README]
     assert not missing, f"settings missing from the README: {missing}"
     variables = set(

@@ -63,7 +63,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from leak_scan import find_leaks
 from mcp_access_guard.identity import current_identity
 from mcp_access_guard.policy import Rule, ToolPolicy
-from mcp_access_guard.settings import CORSSettings, GuardConfig, ServiceTokenSettings
+from mcp_access_guard.settings import CORSSettings, GuardConfig, LimitSettings, ServiceTokenSettings
 from mcp_access_guard.stack import guard
 from mcp_access_guard.testing import DROP, LocalAccess, SigningKey, serve
 
@@ -226,6 +226,8 @@ async def open_stack(*, stateful: bool, json_response: bool = False) -> AsyncIte
                 prompts={"briefing": Rule(emails=[BOSS])},
                 resources={"users://{user_id}/profile": Rule(emails=[BOSS])},
             ),
+            # Every case comes from one address; the limit on failed credentials has tests of its own.
+            limits=LimitSettings(failed_credentials=0),
         )
         counting = CountingApp(mcp_app(stateful=stateful, json_response=json_response))
         tokens = {

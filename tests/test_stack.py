@@ -144,12 +144,16 @@ def test_a_config_that_would_leave_the_server_open_is_refused() -> None:
 
 def test_layers_can_be_left_out_only_explicitly(local_access: LocalAccess) -> None:
     from mcp_access_guard.middleware.access import AccessJWTMiddleware
+    from mcp_access_guard.middleware.body_size import BodySizeLimitMiddleware
     from mcp_access_guard.middleware.cors import CORSAllowlistMiddleware
     from mcp_access_guard.middleware.paths import PathAllowlistMiddleware
     from mcp_access_guard.middleware.sse import SSESessionMiddleware
 
     app = MCPServer("x").streamable_http_app()
-    full = guard(app, GuardConfig(access=local_access.config()))
+    outermost = guard(app, GuardConfig(access=local_access.config()))
+    # The request-size layer is outermost, whatever else is configured.
+    assert isinstance(outermost, BodySizeLimitMiddleware)
+    full = outermost.app
     assert isinstance(full, PathAllowlistMiddleware)
     assert isinstance(full.app, CORSAllowlistMiddleware)
     # With no shared secret configured, that layer's place only takes the service-token headers off.
@@ -158,7 +162,7 @@ def test_layers_can_be_left_out_only_explicitly(local_access: LocalAccess) -> No
     # Behind the credential layer, HTTP+SSE sessions are bound to their callers whatever the app serves.
     assert isinstance(full.app.app.app.app, SSESessionMiddleware)
     assert full.app.app.app.app.app is app
-    bare = guard(app, GuardConfig(access=local_access.config(), paths=None, cors=None))
+    bare = guard(app, GuardConfig(access=local_access.config(), paths=None, cors=None)).app
     assert isinstance(bare, DropServiceTokenHeaders)
     assert isinstance(bare.app, AccessJWTMiddleware)
 

@@ -9,6 +9,8 @@ from typing import Literal
 
 from starlette.types import Scope
 
+from . import metrics
+
 logger = logging.getLogger("mcp_access_guard")
 
 Decision = Literal["allow", "deny"]
@@ -33,9 +35,12 @@ def log_decision(
     reason: str,
     principal: str | None = None,
     tool: str | None = None,
+    log: bool = True,
 ) -> None:
+    """Count the decision (always) and log it (unless `log` is False, or the logger is not enabled for it)."""
+    metrics.decision(layer, decision, reason)
     level = logging.INFO if decision == "allow" else logging.WARNING
-    if not logger.isEnabledFor(level):
+    if not log or not logger.isEnabledFor(level):
         return
     client = scope.get("client")
     values = (layer, decision, reason, principal, scope.get("path"), tool, client[0] if client else None)

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
+from . import metrics
+
 logger = logging.getLogger("mcp_access_guard")
 
 _MIN_RSA_BITS = 2048
@@ -83,6 +85,7 @@ class JWKSCache:
         self._fetches_done = 0
         self._last_fetch_for_unknown_kid = False
         self._lock = anyio.Lock()
+        metrics.watch_cache("signing_keys", self, lambda cache: len(cache._keys))
 
     @property
     def kids(self) -> tuple[str, ...]:
@@ -139,9 +142,11 @@ class JWKSCache:
     async def _fetch(self) -> None:
         self._attempted_at = self._clock()
         self.fetch_count += 1
+        started = time.perf_counter()
         try:
             keys = await self._download()
         except _FetchFailed as failed:
+            metrics.key_fetch(failed.failure.kind, started)
             self.last_failure = failed.failure
             logger.warning(
                 "could not refresh Access signing keys from %s: %s; %s",
@@ -153,6 +158,7 @@ class JWKSCache:
             return
         finally:
             self._fetches_done += 1
+        metrics.key_fetch("ok", started)
         self.last_failure = None
         removed = self._keys.keys() - keys.keys()
         if removed:

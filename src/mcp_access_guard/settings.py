@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from .config import AccessConfig, ConfigError, check_whole
 from .jsonrpc import DEFAULT_MAX_BODY_BYTES
+from .limits import checked_limits, trusted_proxy
+from .middleware.body_size import MAX_BODY_BYTES_LIMIT
+from .middleware.budget import MAX_REQUESTS_PER_WINDOW
 from .middleware.cors import DEFAULT_MCP_ORIGINS, HostPattern, validated_origins
 from .middleware.paths import HEALTH_PATH, parse_allow_entry
 from .middleware.service_token import DEFAULT_SECRET_HEADER, check_secret, check_secret_header
@@ -23,7 +26,9 @@ from .policy import Rule, ToolPolicy
 logger = logging.getLogger("mcp_access_guard")
 
 DEFAULT_PATHS = ("/mcp", HEALTH_PATH)
-MAX_BODY_BYTES_LIMIT = 64 * 1024 * 1024
+DEFAULT_FAILED_CREDENTIALS = 10
+DEFAULT_FAILURE_WINDOW = 60.0
+DEFAULT_TRACKED_ADDRESSES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,23 @@ class ServiceTokenSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Limits on failed credential checks per client address (`limits.FailedCredentialLimit`); 0 failures turns the
+    limit off. `trusted_proxies` (addresses or CIDRs) are the peers whose `CF-Connecting-IP` names the client.
+    `requests_per_minute` is a budget per principal, counted in each process; 0 (the default) is off."""
+
+    failed_credentials: int = DEFAULT_FAILED_CREDENTIALS
+    failure_window: float = DEFAULT_FAILURE_WINDOW
+    tracked_addresses: int = DEFAULT_TRACKED_ADDRESSES
+    trusted_proxies: tuple[str, ...] = ()
+    requests_per_minute: int = 0
+
+    def __post_init__(self) -> None:
+        checked_limits(self.failed_credentials, self.failure_window, self.tracked_addresses, self.trusted_proxies)
+        check_whole("requests_per_minute", self.requests_per_minute, 0, MAX_REQUESTS_PER_WINDOW)
+
+
+@dataclass(frozen=True, slots=True)
 class GuardConfig:
     """Every layer's settings. The credential layer is one of two modes: `access` (Cloudflare Access in front, its
     assertion verified) or `oauth` (this server as the OAuth authorization server, Access for SaaS as the login).
@@ -78,6 +100,7 @@ class GuardConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dev: bool = False
     oauth: OAuthConfig | None = None
+    limits: LimitSettings = LimitSettings()
 
     def __post_init__(self) -> None:
         if self.access is not None and self.oauth is not None:
@@ -137,7 +160,7 @@ class GuardConfig:
 
 # -- where each value came from ------------------------------------------------------------------------------------
 
-_TABLES = ("access", "oauth", "paths", "cors", "service_token", "tools", "prompts", "resources")
+_TABLES = ("access", "oauth", "paths", "cors", "service_token", "limits", "tools", "prompts", "resources")
 _TOP_LEVEL = ("dev", "max_body_bytes")
 _RULE_KEYS = ("emails", "email_domains", "service_tokens", "groups")
 
@@ -154,6 +177,11 @@ _ENVIRONMENT: Mapping[str, tuple[str, str, str]] = {
     "GUARD_TRUST_FORWARDED_HOST": ("cors", "trust_forwarded_host", "flag"),
     "GUARD_SECRET_HEADER": ("service_token", "header", "text"),
     "GUARD_SECRETS": ("service_token", "secrets", "texts"),
+    "GUARD_FAILED_CREDENTIAL_LIMIT": ("limits", "failed_credentials", "whole"),
+    "GUARD_FAILURE_WINDOW": ("limits", "failure_window", "number"),
+    "GUARD_TRACKED_ADDRESSES": ("limits", "tracked_addresses", "whole"),
+    "GUARD_TRUSTED_PROXIES": ("limits", "trusted_proxies", "texts"),
+    "GUARD_REQUESTS_PER_MINUTE": ("limits", "requests_per_minute", "whole"),
 }
 # The restricted tool's rule, one variable per part of it.
 _RULE_ENVIRONMENT = {
@@ -173,6 +201,19 @@ def _env_value(env: Mapping[str, str], name: str, kind: str) -> Any:
         if value not in _FLAGS:
             raise ConfigError(f"{name}={raw!r}: expected true or false")
         return _FLAGS[value]
+    if kind == "whole":
+        value = raw.strip()
+        # ASCII digits only (str.isdigit() would take "²"), and a length no setting needs before int() reads it; a
+        # sign is read, so that a negative number is refused by the setting's range, which says what it should be.
+        digits = value.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
+            raise ConfigError(f"{name}={raw[:40]!r}: expected a whole number")
+        return int(value)
+    if kind == "number":
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw[:40]!r}: expected a number") from None
     if kind == "text":
         if not raw.strip():
             raise ConfigError(f"{name} is set but blank: unset it, or give a value")
@@ -318,7 +359,23 @@ class _Document:
             max_body_bytes=max_body_bytes,
             dev=dev,
             oauth=oauth_config,
+            limits=self._limit_settings(),
         )
+
+    def _limit_settings(self) -> LimitSettings:
+        limits = _Table(self, "limits")
+        try:
+            settings = LimitSettings(
+                failed_credentials=limits.whole("failed_credentials", DEFAULT_FAILED_CREDENTIALS),
+                failure_window=limits.number("failure_window", DEFAULT_FAILURE_WINDOW),
+                tracked_addresses=limits.whole("tracked_addresses", DEFAULT_TRACKED_ADDRESSES),
+                trusted_proxies=limits.texts("trusted_proxies", (), each=trusted_proxy),
+                requests_per_minute=limits.whole("requests_per_minute", 0),
+            )
+        except ConfigError as exc:
+            raise _named(exc, limits, tuple(LimitSettings.__dataclass_fields__)) from None
+        limits.finish()
+        return settings
 
     def _oauth_config(self) -> OAuthConfig | None:
         table = self.tables.get("oauth")

@@ -14,6 +14,7 @@ from typing import Any
 from cachetools import LRUCache
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from . import metrics
 from .config import AccessConfig
 from .identity import AccessIdentity
 from .jwks import JWKSCache
@@ -92,20 +93,35 @@ class AccessVerifier:
         self._recent: LRUCache[str, tuple[AccessIdentity, _Facts]] = LRUCache(
             maxsize=min(RECENT_IDENTITIES, config.token_cache_size)
         )
+        metrics.watch_cache("verified_tokens", self, lambda verifier: len(verifier._verified))
 
     async def verify(self, token: str | None) -> AccessIdentity:
         if not token:
             deny("missing")
-        recent = self._recent.get(token)
-        if recent is not None:
-            if await self._still_stands(recent[1]):
-                return recent[0]
-        else:
-            facts = self._verified.get(token)
-            if facts is not None and await self._still_stands(facts):
-                identity = self._identity(token, json_object(token.split(".")[1], "payload"))
-                self._recent[token] = (identity, facts)
-                return identity
+        started = time.perf_counter()
+        path = "cached"
+        try:
+            recent = self._recent.get(token)
+            if recent is not None:
+                if await self._still_stands(recent[1]):
+                    metrics.verification("access_jwt", path, "ok", started)
+                    return recent[0]
+            else:
+                facts = self._verified.get(token)
+                if facts is not None and await self._still_stands(facts):
+                    identity = self._identity(token, json_object(token.split(".")[1], "payload"))
+                    self._recent[token] = (identity, facts)
+                    metrics.verification("access_jwt", path, "ok", started)
+                    return identity
+            path = "fresh"
+            identity = await self._fresh(token)
+        except AccessDenied as denied:
+            metrics.verification("access_jwt", path, denied.reason, started)
+            raise
+        metrics.verification("access_jwt", path, "ok", started)
+        return identity
+
+    async def _fresh(self, token: str) -> AccessIdentity:
         self._recent.pop(token, None)
         self._verified.pop(token, None)
         signed = await self._jws.read(token)

@@ -28,6 +28,26 @@ def test_the_configuration_alone_lists_the_keys(
     assert any("GUARD_ALLOWED_HOSTS unset" in line for line in lines(out, "warn"))
 
 
+def test_the_limit_on_failed_credentials_is_said(
+    configured: LocalAccess, capsys: pytest.CaptureFixture[str], shared_secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GUARD_TRUSTED_PROXIES", "10.0.0.0/8")
+    _, out = run_configuration_check(capsys, shared_secret)
+    [limit] = [line for line in lines(out, "ok") if line.startswith("ok failed credentials:")]
+    assert "10 failures per client address in 60 s, then 429" in limit
+    assert "counted by each process" in limit
+    assert (
+        "CF-Connecting-IP once the shared secret checks out, else the peer (CF-Connecting-IP from 10.0.0.0/8)" in limit
+    )
+
+    monkeypatch.setenv("GUARD_FAILED_CREDENTIAL_LIMIT", "0")
+    _, out = run_configuration_check(capsys, shared_secret)
+    assert any(
+        "no limit on failed credential checks (GUARD_FAILED_CREDENTIAL_LIMIT is 0)" in line
+        for line in lines(out, "warn")
+    )
+
+
 def test_unreachable_certs_fail_the_check(configured: LocalAccess, capsys: pytest.CaptureFixture[str]) -> None:
     token = configured.user_token()
     configured.go_down()

@@ -27,10 +27,17 @@ class SettingNames:
     secrets: str
     allowed_hosts: str
     dev: str
+    failed_credentials: str
 
 
 ENVIRONMENT_NAMES = SettingNames(
-    "TEAM_DOMAIN", "POLICY_AUD", "ACCESS_CERTS_URL", "GUARD_SECRETS", "GUARD_ALLOWED_HOSTS", "GUARD_DEV"
+    "TEAM_DOMAIN",
+    "POLICY_AUD",
+    "ACCESS_CERTS_URL",
+    "GUARD_SECRETS",
+    "GUARD_ALLOWED_HOSTS",
+    "GUARD_DEV",
+    "GUARD_FAILED_CREDENTIAL_LIMIT",
 )
 TOML_NAMES = SettingNames(
     "[access] team_domain",
@@ -39,6 +46,7 @@ TOML_NAMES = SettingNames(
     "[service_token] secrets",
     "[cors] allowed_hosts",
     "dev",
+    "[limits] failed_credentials",
 )
 _CONFIGURATION_VARIABLES = ("TEAM_DOMAIN", "POLICY_AUD", "ACCESS_CERTS_URL", "GUARD_DEV", "ACCESS_CLIENT_ID")
 
@@ -187,6 +195,7 @@ def report_stack(report: Report, config: GuardConfig, names: SettingNames) -> No
             f"present an Access token captured elsewhere; a secret your tunnel or Worker adds proves the request came "
             f"through it"
         )
+    report_limits(report, config, names)
     if config.allow is not None:
         report.ok("allow rule: only callers it matches are let in, whatever Access admits")
     if config.cookie:
@@ -200,3 +209,25 @@ def report_stack(report: Report, config: GuardConfig, names: SettingNames) -> No
     else:
         restricted = ", ".join(sorted(policy.rules)) or "none"
         report.ok(f"tool policy: restricted tools {restricted}; tools without a rule: {policy.default}")
+
+
+def report_limits(report: Report, config: GuardConfig, names: SettingNames) -> None:
+    limits = config.limits
+    if limits.failed_credentials == 0:
+        report.warn(
+            f"no limit on failed credential checks ({names.failed_credentials} is 0): a shared secret, a "
+            f"service-token pair, an OAuth client secret or a bearer token can be tried as fast as the server answers"
+        )
+        return
+    # As guard() decides: a MemoryStore is one process's.
+    shared_store = config.oauth is not None and config.oauth.store != "memory:"
+    counted = "in the OAuth store, by every replica together" if shared_store else "by each process"
+    client = "the peer's address"
+    if config.service_token.secrets:
+        client = "CF-Connecting-IP once the shared secret checks out, else the peer"
+    if limits.trusted_proxies:
+        client += f" (CF-Connecting-IP from {', '.join(limits.trusted_proxies)})"
+    report.ok(
+        f"failed credentials: {plural(limits.failed_credentials, 'failure')} per client address in "
+        f"{limits.failure_window:g} s, then 429 until the window ends; counted {counted}; a client is {client}"
+    )

@@ -6,14 +6,17 @@ from __future__ import annotations
 import logging
 import random
 import time
+from time import perf_counter
 
 from cachetools import LRUCache
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import metrics
 from ..audit import log_decision
 from ..config import ConfigError
 from ..identity import SCOPE_STATE_KEY, AccessIdentity, bind_identity
+from ..limits import FailedCredentialLimit
 from ..oauth.errors import UpstreamUnavailable
 from ..oauth.grants import BearerGrant, InvalidBearer
 from ..oauth.server import OAuthServer
@@ -28,6 +31,8 @@ _LAYER = "oauth_bearer"
 MAX_CACHE_TTL = 300.0
 _AUTHORIZATION = b"authorization"
 _BODY = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
+# The bearer refusals that look like guessing, and count against the address's limit on failed credentials.
+_GUESSES = frozenset({"malformed", "unknown"})
 _WEBSOCKET_CLOSE = {401: 1008, 403: 1008, 503: 1013}
 
 
@@ -91,6 +96,9 @@ class OAuthBearerMiddleware:
 
     No token: 401 with `WWW-Authenticate: Bearer resource_metadata=...`. A bad, expired or revoked token: 401 with
     `error="invalid_token"` (`invalid_request` for a malformed header). Refused by `allow`: 403. Store down: 503.
+    With `limits`, each token that is not one of ours (malformed, or never issued) counts against the caller's
+    address, and an address past the limit gets 429 before its token is even read. Our own tokens, expired, revoked
+    or for another resource, do not count: clients present those in the ordinary course.
     """
 
     def __init__(
@@ -101,6 +109,7 @@ class OAuthBearerMiddleware:
         allow: Rule | None = None,
         cache_ttl: float = 5.0,
         cache_size: int = 10_000,
+        limits: FailedCredentialLimit | None = None,
     ) -> None:
         if not 0 <= cache_ttl <= MAX_CACHE_TTL or cache_size < 1:
             raise ConfigError(
@@ -115,11 +124,20 @@ class OAuthBearerMiddleware:
         )
         self._cache_ttl = cache_ttl
         self._challenge = f'Bearer resource_metadata="{server.resource_metadata_url}"'
+        self.limits = limits
+        if self._cache is not None:
+            metrics.watch_cache("oauth_bearer_tokens", self, lambda layer: len(layer._cache or ()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        limits = self.limits
+        if limits is not None:
+            blocked = limits.refusal(scope, layer=_LAYER)
+            if blocked is not None:
+                await blocked(scope, receive, send)
+                return
         try:
             token, other_headers = _bearer_token(scope)
         except _MalformedAuthorization as malformed:
@@ -139,6 +157,8 @@ class OAuthBearerMiddleware:
             grant = await self._grant(token)
         except InvalidBearer as invalid:
             log_decision(scope, layer=_LAYER, decision="deny", reason=invalid.reason)
+            if limits is not None and invalid.reason in _GUESSES:
+                await limits.failed(scope)
             await self._refuse(401, scope, receive, send, error="invalid_token")
             return
         except StoreUnavailable as failure:
@@ -159,26 +179,36 @@ class OAuthBearerMiddleware:
             await self.app(scope, receive, send)
 
     async def _grant(self, token: str) -> BearerGrant:
+        started = perf_counter()
+        path = "cached"
         cache = self._cache
-        if cache is None:
-            return await self.server.authenticate_bearer(token)
-        # Keyed by the token itself, as the Access JWT layer's cache is: this process holds it anyway while the
-        # request lasts; the store only ever sees its hash.
-        entry = cache.get(token)
-        if entry is not None:
-            grant, look_again_at = entry
-            if grant.grant_id in self.server.grants.revoked:
-                cache.pop(token, None)
-                raise InvalidBearer("revoked")
-            if grant.expires_at <= time.time():
-                cache.pop(token, None)
-                raise InvalidBearer("expired")
-            if time.monotonic() < look_again_at:
-                return grant
-        grant = await self.server.authenticate_bearer(token)
-        # Up to a quarter less, at random: entries made together (clients reconnecting at once) would otherwise all
-        # go back to the store together, every cache_ttl, and queue there.
-        cache[token] = (grant, time.monotonic() + self._cache_ttl * (1 - random.random() / 4))  # noqa: S311
+        try:
+            # Keyed by the token itself, as the Access JWT layer's cache is: this process holds it anyway while the
+            # request lasts; the store only ever sees its hash.
+            if cache is not None and (entry := cache.get(token)) is not None:
+                grant, look_again_at = entry
+                if grant.grant_id in self.server.grants.revoked:
+                    cache.pop(token, None)
+                    raise InvalidBearer("revoked")
+                if grant.expires_at <= time.time():
+                    cache.pop(token, None)
+                    raise InvalidBearer("expired")
+                if time.monotonic() < look_again_at:
+                    metrics.verification(_LAYER, path, "ok", started)
+                    return grant
+            path = "fresh"
+            grant = await self.server.authenticate_bearer(token)
+        except InvalidBearer as invalid:
+            metrics.verification(_LAYER, path, invalid.reason, started)
+            raise
+        except StoreUnavailable:
+            metrics.verification(_LAYER, path, "store_unavailable", started)
+            raise
+        if cache is not None:
+            # Up to a quarter less, at random: entries made together (clients reconnecting at once) would otherwise
+            # all go back to the store together, every cache_ttl, and queue there.
+            cache[token] = (grant, time.monotonic() + self._cache_ttl * (1 - random.random() / 4))  # noqa: S311
+        metrics.verification(_LAYER, path, "ok", started)
         return grant
 
     async def _refuse(self, status: int, scope: Scope, receive: Receive, send: Send, error: str | None = None) -> None:

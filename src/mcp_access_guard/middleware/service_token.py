@@ -23,11 +23,12 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..audit import log_decision
 from ..identity import SERVICE_TOKEN_SUFFIX, AccessIdentity, bind_identity
+from ..limits import TUNNEL_PROVEN, FailedCredentialLimit
 
 LAYER = "service_token"
 DEFAULT_SECRET_HEADER = "Cf-Access-Guard-Secret"
@@ -118,14 +119,22 @@ def service_token_identity(client_id: str) -> AccessIdentity:
 
 
 class _Refusal(Exception):
-    def __init__(self, reason: str, hint: str | None = None) -> None:
+    def __init__(self, reason: str, hint: str | None = None, *, guessed: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.hint = hint
+        # A value was sent and compared, and it did not match: a guess, which `limits` counts.
+        self.guessed = guessed
 
 
 class ServiceTokenMiddleware:
-    """Require the tunnel's shared secret and/or check direct service-token pairs; refuse with 403."""
+    """Require the tunnel's shared secret and/or check direct service-token pairs; refuse with 403.
+
+    With `limits`, an address that failed too often is refused with 429 before anything is compared. A wrong shared
+    secret is counted against the peer's address (or a trusted proxy's `CF-Connecting-IP`): the tunnel is not proven
+    yet. Once the secret checks out, the caller is known by `CF-Connecting-IP`, for the pair check and every layer
+    after this one.
+    """
 
     def __init__(
         self,
@@ -133,6 +142,8 @@ class ServiceTokenMiddleware:
         header: str = DEFAULT_SECRET_HEADER,
         secrets: Iterable[str] = (),
         client_credentials: Mapping[str, str] | None = None,
+        *,
+        limits: FailedCredentialLimit | None = None,
     ) -> None:
         if isinstance(secrets, str):
             raise ValueError("secrets must be a list of secrets, not one string (each character would be a secret)")
@@ -157,22 +168,16 @@ class ServiceTokenMiddleware:
         credential_headers = (self.header, CLIENT_ID_HEADER, CLIENT_SECRET_HEADER)
         self._removed_headers = frozenset(name.encode("latin-1") for name in credential_headers)
         self._secret_header = self.header.encode("latin-1")
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        try:
-            passed_on, client_id = self._admit(scope["headers"])
-        except _Refusal as refusal:
-            log_decision(scope, layer=LAYER, decision="deny", reason=refusal.reason)
-            body: dict[str, Any] = {"error": "forbidden"}
-            if refusal.hint:
-                body["hint"] = refusal.hint
-            await JSONResponse(body, status_code=403)(scope, receive, send)
+        admitted = await self._admit(scope, receive, send)
+        if admitted is None:
             return
-
-        scope = {**scope, "headers": passed_on}
+        scope, client_id = admitted
         if client_id is None:
             reason = "shared_secret" if self._secret_digests else "no_pair"
             log_decision(scope, layer=LAYER, decision="allow", reason=reason)
@@ -182,12 +187,41 @@ class ServiceTokenMiddleware:
         with bind_identity(scope, service_token_identity(client_id)):
             await self.app(scope, receive, send)
 
-    def _admit(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], str | None]:
-        """The headers the app will get, without any credential header, and the client id of a valid pair (None
-        when no pair came); raises `_Refusal`. Apart from `__call__`, so that what it reads is gone before the app
-        runs: a request keeps fewer objects alive for the collector."""
-        # One pass over the raw headers (ASGI names are lower-case bytes): every value of each credential header, and
-        # the headers the app will get, without any of them.
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> tuple[Scope, str | None] | None:
+        """The scope the app will get, without any credential header, and the client id of a valid pair (None when
+        no pair came); or None once the request is answered with a refusal. Apart from `__call__`, so that what it
+        reads is gone before the app runs: a request keeps fewer objects alive for the collector."""
+        limits = self.limits
+        if limits is not None and await _answered(limits.refusal(scope, layer=LAYER), scope, receive, send):
+            return None
+        shared_secrets, client_ids, client_secrets, passed_on = self._read(scope["headers"])
+        try:
+            if self._secret_digests:
+                self._check_shared_secret(shared_secrets)
+                # Through the operator's own tunnel or Worker: from here on the caller is CF-Connecting-IP.
+                scope = {**scope, "headers": passed_on, TUNNEL_PROVEN: True}
+                if limits is not None and await _answered(limits.refusal(scope, layer=LAYER), scope, receive, send):
+                    return None
+            else:
+                scope = {**scope, "headers": passed_on}
+            if not self._credential_digests:
+                return scope, None
+            return scope, self._check_client_credentials(client_ids, client_secrets)
+        except _Refusal as refusal:
+            log_decision(scope, layer=LAYER, decision="deny", reason=refusal.reason)
+            if refusal.guessed and limits is not None:
+                await limits.failed(scope)
+            body: dict[str, Any] = {"error": "forbidden"}
+            if refusal.hint:
+                body["hint"] = refusal.hint
+            await JSONResponse(body, status_code=403)(scope, receive, send)
+            return None
+
+    def _read(
+        self, headers: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[list[bytes], list[bytes], list[bytes], list[tuple[bytes, bytes]]]:
+        """Every value of each credential header (shared secret, client id, client secret), and the headers the app
+        will get, without any of them: one pass over the raw headers (ASGI names are lower-case bytes)."""
         shared_secrets: list[bytes] = []
         client_ids: list[bytes] = []
         client_secrets: list[bytes] = []
@@ -206,10 +240,7 @@ class ServiceTokenMiddleware:
                 # A name not in lower case breaks the ASGI rules; it is still not passed on if it names one of them.
                 # The server's own pair is passed on, not a copy: the request holds one object fewer per header.
                 passed_on.append(header)
-        if self._secret_digests:
-            self._check_shared_secret(shared_secrets)
-        client_id = self._check_client_credentials(client_ids, client_secrets) if self._credential_digests else None
-        return passed_on, client_id
+        return shared_secrets, client_ids, client_secrets, passed_on
 
     def _check_shared_secret(self, values: list[bytes]) -> None:
         if not values:
@@ -218,8 +249,8 @@ class ServiceTokenMiddleware:
             raise _Refusal("secret_duplicated")
         if not _matches_any(_digest(values[0]), self._secret_digests):
             if _looks_quoted(values[0].decode("latin-1")):
-                raise _Refusal("secret_quoted", QUOTED_HINT)
-            raise _Refusal("secret_wrong")
+                raise _Refusal("secret_quoted", QUOTED_HINT, guessed=True)
+            raise _Refusal("secret_wrong", guessed=True)
 
     def _check_client_credentials(self, ids: list[bytes], secrets: list[bytes]) -> str | None:
         """The client id of a valid pair, None when no pair was sent; raises `_Refusal` for anything else."""
@@ -240,7 +271,14 @@ class ServiceTokenMiddleware:
         # Header bytes read as latin-1, as Starlette's `Headers` does: one character per byte that came over the wire.
         sent_id, sent_secret = ids[0].decode("latin-1"), secrets[0].decode("latin-1")
         if sent_secret.endswith(SERVICE_TOKEN_SUFFIX) and not sent_id.endswith(SERVICE_TOKEN_SUFFIX):
-            raise _Refusal("credentials_swapped", SWAPPED_HINT)
+            raise _Refusal("credentials_swapped", SWAPPED_HINT, guessed=True)
         if _looks_quoted(sent_id) or _looks_quoted(sent_secret):
-            raise _Refusal("credentials_quoted", QUOTED_HINT)
-        raise _Refusal("credentials_wrong")
+            raise _Refusal("credentials_quoted", QUOTED_HINT, guessed=True)
+        raise _Refusal("credentials_wrong", guessed=True)
+
+
+async def _answered(refusal: Response | None, scope: Scope, receive: Receive, send: Send) -> bool:
+    if refusal is None:
+        return False
+    await refusal(scope, receive, send)
+    return True

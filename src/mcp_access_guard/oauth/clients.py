@@ -22,8 +22,10 @@ from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from ..audit import log_decision
+from ..limits import client_address
 from .config import BROWSER_SCHEMES, OAuthConfig, is_host
 from .records import (
     CLIENT_AUTH_METHODS,
@@ -35,7 +37,7 @@ from .records import (
     secret_matches,
 )
 from .store import OAuthStore
-from .web import BadRequest, client_address, json_response, oauth_error, read_body
+from .web import BadRequest, json_response, oauth_error, read_body
 
 logger = logging.getLogger("mcp_access_guard")
 
@@ -199,11 +201,14 @@ class Clients:
         *,
         documents: ClientDocuments | None = None,
         clock: Callable[[], float] = time.time,
+        addresses: Callable[[Scope], str] = client_address,
     ) -> None:
         self.config = config
         self.store = store
         self.documents = documents
         self._clock = clock
+        # What a registering caller is counted by: the same address rule as the failed-credential limit.
+        self._address = addresses
 
     async def get(self, client_id: str) -> ClientRecord | None:
         """The client, or None when it is unknown (or its metadata document cannot be had: logged)."""
@@ -249,7 +254,7 @@ class Clients:
         except RegistrationRefused as refused:
             return self._refused(request, refused.error, refused.reason, refused.description)
 
-        per_address = await self.store.increment(f"register_addr:{client_address(request)}", window=_HOUR)
+        per_address = await self.store.increment(f"register_addr:{self._address(request.scope)}", window=_HOUR)
         if per_address > self.config.registration_rate:
             return self._too_many(request, "registration_rate")
         if await self.store.increment("register_all", window=_DAY) > self.config.registration_cap:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import anyio
 from cachetools import LRUCache
 
+from .. import metrics
 from ..identity import AccessIdentity
 from ..policy import Rule
 from .config import OAuthConfig
@@ -84,6 +85,11 @@ _DESCRIPTIONS = {
     "temporarily_unavailable": "try again shortly",
     "server_error": "the login provider refused the refresh",
 }
+
+
+# How long an access token's record outlives the token: a client presenting its own expired token is told
+# `expired`, not `unknown`, so it is not counted as guessing against its address's limit on failed credentials.
+EXPIRED_TOKEN_MEMORY = 86_400
 
 
 class InvalidBearer(Exception):
@@ -214,6 +220,7 @@ class Grants:
         if raw is None or record is None:
             raise TokenRefused("invalid_grant", "unknown_code")
         if record.spent:
+            metrics.replay("authorization_code")
             await self.revoke(record.grant_id, "code_replayed")
             raise TokenRefused("invalid_grant", "code_replayed")
         if record.client_id != client_id:
@@ -232,6 +239,7 @@ class Grants:
         spent = replace(record, spent=True).to_bytes()
         if not await self.store.compare_and_swap(key, raw, spent, ttl=CODE_REPLAY_WINDOW):
             # Spent (or gone) between our read and now: another redemption won.
+            metrics.replay("authorization_code")
             await self.revoke(record.grant_id, "code_replayed")
             raise TokenRefused("invalid_grant", "code_replayed")
 
@@ -288,6 +296,7 @@ class Grants:
                 if again is not None:
                     self._log("allow", "refresh_retried", grant)
                     return again
+            metrics.replay("refresh_token")
             await self.revoke(grant.grant_id, "refresh_token_reused")
             raise TokenRefused("invalid_grant", "refresh_token_reused")
 
@@ -344,7 +353,7 @@ class Grants:
         gkey = grant_key(grant.grant_id)
         at_key, rt_key = access_token_key(access_token), refresh_token_key(refresh_token)
         at_record = AccessTokenRecord(grant.grant_id, grant.client_id, grant.resource, now + config.access_token_ttl)
-        await self.store.put(at_key, at_record.to_bytes(), ttl=config.access_token_ttl)
+        await self.store.put(at_key, at_record.to_bytes(), ttl=config.access_token_ttl + EXPIRED_TOKEN_MEMORY)
         await self.store.put(rt_key, RefreshTokenRecord(grant.grant_id).to_bytes(), ttl=config.refresh_token_ttl)
         current = replace(
             grant,
@@ -358,6 +367,7 @@ class Grants:
             await self.store.delete(at_key)
             await self.store.delete(rt_key)
             raise TokenRefused("invalid_grant", "revoked")
+        (metrics.grant_issued if previous_refresh_key is None else metrics.grant_refreshed)()
         self._log("allow", "tokens_issued" if previous_refresh_key is None else "refresh_rotated", grant)
         return issued
 
@@ -367,6 +377,7 @@ class Grants:
         """Revoke a grant and every token issued under it."""
         await self.store.delete(grant_key(grant_id))
         self.revoked[grant_id] = True
+        metrics.grant_revoked(reason)
         logger.warning(
             "OAuth grant revoked (%s)", reason, extra={"layer": _LAYER, "decision": "deny", "reason": reason}
         )

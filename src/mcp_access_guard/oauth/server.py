@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..audit import log_decision
+from ..limits import FailedCredentialLimit, client_address
 from .authorize import FrontChannel
 from .clients import ClientDocuments, Clients
 from .config import OAuthConfig
@@ -58,6 +59,7 @@ class OAuthServer:
     `store` defaults to `open_store(config.store)` and `upstream` to an `AccessOIDC` for `config.upstream`; what it
     opened itself it closes in `aclose()`. `client_metadata` fetches client ID metadata documents when
     `config.client_metadata_documents` is on (default: a `ClientMetadataFetcher` that refuses private addresses).
+    `limits` counts failed client authentication at /token and /revoke, and names the address /register counts.
     """
 
     PATHS: frozenset[str] = OAUTH_PATHS
@@ -69,6 +71,7 @@ class OAuthServer:
         store: OAuthStore | None = None,
         upstream: AccessOIDC | None = None,
         client_metadata: ClientDocuments | None = None,
+        limits: FailedCredentialLimit | None = None,
     ) -> None:
         self.config = config
         self.store = store if store is not None else open_store(config.store)
@@ -84,7 +87,9 @@ class OAuthServer:
         prm_path = PROTECTED_RESOURCE_PATH + config.resource_path
         self.PATHS = (OAUTH_PATHS - {PROTECTED_RESOURCE_PATH + "/mcp"}) | {prm_path}
 
-        self.clients = Clients(config, self.store, documents=self.client_metadata)
+        self.limits = limits
+        addresses = limits.address if limits is not None else client_address
+        self.clients = Clients(config, self.store, documents=self.client_metadata, addresses=addresses)
         self.grants = Grants(config, self.store, self.upstream)
         self.front = FrontChannel(
             clients=self.clients,
@@ -93,7 +98,7 @@ class OAuthServer:
             keys=ConsentKeys(config),
             upstream=self._started_upstream,
         )
-        self.tokens = TokenEndpoint(self.clients, self.grants)
+        self.tokens = TokenEndpoint(self.clients, self.grants, limits=limits)
         resource_document = protected_resource_metadata(config)
         server_document = authorization_server_metadata(config)
         self._routes: dict[str, tuple[str, Handler]] = {

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..audit import log_decision
+from ..limits import FailedCredentialLimit
 from .authorize import canonical_resource
 from .clients import ClientAuthFailed, Clients
 from .grants import Grants, TokenRefused
@@ -24,11 +25,19 @@ _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 MAX_CREDENTIAL_LENGTH = 512
 
 
+# Client authentication that compared what the client sent and found it wrong: a guess, which `limits` counts.
+_GUESSES = frozenset({"unknown_client", "wrong_client_secret"})
+
+
 class TokenEndpoint:
-    def __init__(self, clients: Clients, grants: Grants) -> None:
+    """With `limits`, a failed client authentication counts against the caller's address; an address past the limit
+    gets 429 before its form is read."""
+
+    def __init__(self, clients: Clients, grants: Grants, *, limits: FailedCredentialLimit | None = None) -> None:
         self.clients = clients
         self.grants = grants
         self.config = grants.config
+        self.limits = limits
 
     async def token(self, request: Request) -> Response:
         authenticated = await self._authenticated(request)
@@ -86,6 +95,11 @@ class TokenEndpoint:
 
     async def _authenticated(self, request: Request) -> tuple[dict[str, str], ClientRecord] | Response:
         """The request's form and its authenticated client, or the answer that refuses it."""
+        limits = self.limits
+        if limits is not None:
+            blocked = limits.refusal(request.scope, layer=_LAYER)
+            if blocked is not None:
+                return blocked
         try:
             form = await form_params(request)
         except BadRequest as bad:
@@ -94,6 +108,8 @@ class TokenEndpoint:
             client = await self.clients.authenticate(request, form)
         except ClientAuthFailed as failed:
             log_decision(request.scope, layer=_LAYER, decision="deny", reason=failed.reason)
+            if limits is not None and failed.reason in _GUESSES:
+                await limits.failed(request.scope)
             return failed.response()
         return form, client
 

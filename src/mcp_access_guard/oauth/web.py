@@ -130,10 +130,3 @@ def with_query(uri: str, params: Mapping[str, str | None]) -> str:
     query = urlencode({name: value for name, value in params.items() if value is not None})
     separator = "&" if urlsplit(uri).query else "?"
     return f"{uri}{separator}{query}"
-
-
-def client_address(request: Request) -> str:
-    """The peer's address as the ASGI server saw it: behind a proxy, configure the server to read the forwarded
-    address (uvicorn --proxy-headers --forwarded-allow-ips)."""
-    client = request.scope.get("client")
-    return str(client[0]) if client else "unknown"
