@@ -1,10 +1,12 @@
 """The reference server end to end over real HTTP: bare against behind `guard()`, and its peak memory.
 
-    python benchmarks/bench_http.py [--quick]
+    python benchmarks/bench_http.py [--quick] [--rounds N] [--seconds S] [--callers 1,10] [--method tools/call]
 
 `examples/reference_server.py` runs under uvicorn in its own process, twice: its MCP app bare, and its `app` (the
 same MCP app behind `guard()` with a tool policy). Both run at once and are loaded in turn, round after round, so
-drift in the machine hits both alike. The load comes from other processes on loopback: `wrk` (one thread, one
+drift in the machine hits both alike; each cell's headline is the guarded server's throughput as a fraction of
+the bare one's, paired round by round (the two runs of a round are seconds apart), with its median and min-max
+over the rounds. The load comes from other processes on loopback: `wrk` (one thread, one
 connection per caller, the callers' tokens in rotation) and an async `httpx` client script.
 
 Request shape: the modern protocol era, the cheapest realistic one: one POST per call, no session, no
@@ -13,8 +15,8 @@ carries a `Cf-Access-Jwt-Assertion` from a `LocalAccess` running in this process
 Both servers log at WARNING: allow decisions are not written, as a deployment that logs refusals only runs.
 
 With `taskset` (util-linux) and two cores or more, both servers run on one core and the load generator on another,
-so the server is never starved by its own load; `py-spy` (pip install py-spy), when installed, then samples the
-guarded server under load and the report says where its time goes, package by package.
+so the server is never starved by its own load; `py-spy` (pip install py-spy), when installed, then samples each
+server under the same load and the report sets where their time goes side by side, package by package.
 """
 
 from __future__ import annotations
@@ -66,10 +68,17 @@ class Plan:
     httpx_rounds: int
     memory_rounds: int
     profile_seconds: int
+    methods: tuple[str, ...] = tuple(METHODS)
+    # The pair of frozen-heap servers measured too.
+    frozen: bool = True
 
 
-FULL = Plan(rounds=6, seconds=3.0, callers=(1, 10, 100), httpx_rounds=1, memory_rounds=3, profile_seconds=10)
-QUICK = Plan(rounds=1, seconds=1.0, callers=(1, 10, 100), httpx_rounds=0, memory_rounds=1, profile_seconds=0)
+# Many short rounds rather than a few long ones: a pair of runs seconds apart sees the same machine, and the median of
+# the pairs' ratios shrugs off the rounds that another process's burst (or one more full collection) lands in.
+FULL = Plan(rounds=10, seconds=2.0, callers=(1, 10, 100), httpx_rounds=1, memory_rounds=3, profile_seconds=10)
+QUICK = Plan(
+    rounds=3, seconds=1.0, callers=(1, 10, 100), httpx_rounds=0, memory_rounds=1, profile_seconds=0, frozen=False
+)
 
 
 def pinned_cores() -> tuple[int, int] | None:
@@ -285,6 +294,9 @@ class Load:
     def full_per_1000(self) -> float:
         return 1000 * self.collections.full / self.requests if self.requests else 0.0
 
+    def young_per_1000(self) -> float:
+        return 1000 * self.collections.young / self.requests if self.requests else 0.0
+
     def gc_us_per_request(self) -> float:
         seconds = self.collections.full_seconds + self.collections.young_seconds
         return seconds / self.requests * 1e6 if self.requests else 0.0
@@ -372,8 +384,8 @@ def run_httpx_load(url: str, method: str, tokens_file: Path, callers: int, secon
 # -- the run -------------------------------------------------------------------------------------------------------
 
 
-def collect_sync(quick: bool = False) -> list[Section]:
-    plan = QUICK if quick else FULL
+def collect_sync(quick: bool = False, plan: Plan | None = None) -> list[Section]:
+    plan = plan or (QUICK if quick else FULL)
     section = Section(TITLE)
     memory = Section(MEMORY_TITLE)
     if shutil.which("wrk") is None:
@@ -383,11 +395,12 @@ def collect_sync(quick: bool = False) -> list[Section]:
         tokens_file = Path(scratch, "tokens.json")
         tokens_file.write_text(json.dumps(tokens))
         scripts = {}
-        for method in METHODS:
+        for method in plan.methods:
             for callers in plan.callers:
                 scripts[method, callers] = Path(scratch, f"{method.replace('/', '_')}-{callers}.lua")
                 scripts[method, callers].write_text(wrk_script(method, tokens[:callers]))
-        with running_servers(issuer, (*SERVERS, *FROZEN.values())) as servers:
+        kinds = (*SERVERS, *FROZEN.values()) if plan.frozen else SERVERS
+        with running_servers(issuer, kinds) as servers:
             for server in servers.values():
                 warm_up(server, tokens)
             generators = (["wrk"] if shutil.which("wrk") else []) + (["httpx"] if plan.httpx_rounds else [])
@@ -396,15 +409,15 @@ def collect_sync(quick: bool = False) -> list[Section]:
             for generator in generators:
                 rounds = plan.rounds if generator == "wrk" else max(plan.httpx_rounds, 1)
                 measure(section, generator, servers, plan, rounds, scripts, tokens_file)
-            if "wrk" in generators:
+            if plan.frozen and "wrk" in generators:
                 frozen = {kind: servers[FROZEN[kind]] for kind in SERVERS}
                 frozen_plan = replace(plan, callers=FROZEN_CALLERS)
                 measure(
                     section, "wrk", frozen, frozen_plan, plan.rounds, scripts, tokens_file, label="wrk, both frozen"
                 )
             if plan.profile_seconds and "wrk" in generators:
-                for method, callers in PROFILED:
-                    profile(section, servers["guarded"], method, callers, scripts[method, callers], plan, scratch)
+                for method, callers in [cell for cell in PROFILED if cell in scripts]:
+                    profile(section, servers, method, callers, scripts[method, callers], plan, scratch)
         for _ in range(plan.memory_rounds):
             measure_memory(memory, issuer)
     pinning = (
@@ -414,10 +427,17 @@ def collect_sync(quick: bool = False) -> list[Section]:
     )
     section.notes.append(
         f"{plan.rounds} wrk rounds of {plan.seconds:g} s per cell (bare and guarded alternating within each round, "
-        f"the order flipped every round); {pinning}; wrk runs one thread with one connection per caller; p50/p99 "
-        "from wrk's latency distribution. 'wrk, both frozen': the same two servers, each with its heap frozen once "
-        "started (`gc.freeze()`), as `mcp-access-guard serve` runs an app."
+        "the order flipped every round; 'paired by round': the guarded run's figure over the bare run's in the same "
+        f"round, median and min-max over the rounds); {pinning}; wrk runs one thread with one connection per caller; "
+        "p50/p99 from wrk's latency distribution."
     )
+    if plan.frozen:
+        section.notes.append(
+            "'wrk, both frozen': the same two servers, each with its heap frozen once started (`gc.freeze()`), as "
+            "`mcp-access-guard serve` runs an app."
+        )
+    if not plan.memory_rounds:
+        return [section]
     memory.notes.append(
         f"Peak RSS (VmHWM) of a fresh server process after one {DEFAULT_MAX_BODY_BYTES} byte tools/call "
         "(the largest body the tool-policy layer reads; the tool echoes it back), over "
@@ -451,7 +471,7 @@ def measure(
 ) -> None:
     results: dict[tuple[str, int, str], list[Load]] = {}
     for round_number in range(rounds):
-        for method in METHODS:
+        for method in plan.methods:
             for callers in plan.callers:
                 # Alternate which server goes first, so neither always runs on a machine just warmed by the other.
                 order = SERVERS if round_number % 2 == 0 else SERVERS[::-1]
@@ -466,10 +486,13 @@ def measure(
                     cpu = server.cpu_seconds() - cpu_before
                     load = replace(load, server_cpu_seconds=cpu, collections=server.collections() - collections_before)
                     results.setdefault((method, callers, kind), []).append(load)
-    for method in METHODS:
+    for method in plan.methods:
         for callers in plan.callers:
             prefix = f"{label or generator}: {method}, {callers} caller{'s' if callers > 1 else ''}"
             bare, guarded = results[method, callers, "bare"], results[method, callers, "guarded"]
+            # Each round's two runs, seconds apart, set side by side: the ratio that drift in the machine moves least.
+            add_paired(section, prefix, "", bare, guarded, lambda load: load.requests_per_second)
+            add_paired(section, prefix, " per server CPU-second", bare, guarded, Load.per_cpu_second)
             # The throughput as wrk saw it; then with the machine's noise taken out (requests per second of the
             # server's own CPU), and with the server's own garbage collections taken out too: a full collection
             # walks the whole heap (the mcp SDK's 100,000 objects, some 100 ms here), and whether one more lands in
@@ -494,6 +517,15 @@ def measure(
                 bare,
                 guarded,
                 Load.full_per_1000,
+            )
+            add_pair(
+                section,
+                prefix,
+                ", young collections per 1,000 requests",
+                "collections",
+                bare,
+                guarded,
+                Load.young_per_1000,
             )
             add_pair(
                 section, prefix, ", time in garbage collection per request", "µs", bare, guarded, Load.gc_us_per_request
@@ -527,9 +559,22 @@ def add_pair(
         figure.met = ratio is not None and ratio >= TARGET_RATIO
 
 
+def add_paired(
+    section: Section, prefix: str, suffix: str, bare: list[Load], guarded: list[Load], value: Callable[[Load], float]
+) -> None:
+    """The guarded server's figure over the bare one's, round by round (the lists are in round order), with the
+    throughput target: met when the median pair reaches it."""
+    ratios = [value(g) / value(b) for b, g in zip(bare, guarded, strict=True) if value(b)]
+    if not ratios:
+        return
+    figure = section.add(f"{prefix}, guarded ÷ bare{suffix}, paired by round", "x", ratios)
+    figure.target = f">= {TARGET_RATIO:.2f}"
+    figure.met = figure.median >= TARGET_RATIO
+
+
 # -- where the guarded server's time goes -------------------------------------------------------------------------
 
-PROFILED = (("tools/list", 100), ("tools/call", 100))
+PROFILED = (("tools/list", 100), ("tools/call", 100), ("tools/call", 10))
 GUARD_PACKAGE = "mcp_access_guard"
 
 
@@ -579,55 +624,64 @@ def owners(raw: str) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def profile(
-    section: Section, server: Server, method: str, callers: int, script: Path, plan: Plan, scratch: str
+    section: Section, servers: dict[str, Server], method: str, callers: int, script: Path, plan: Plan, scratch: str
 ) -> None:
+    """py-spy on the bare server and then the guarded one under the same load: samples per 1,000 requests served, by
+    package, side by side (a package's extra samples in the guarded server is work the guard made it do), and the
+    guard's own samples by function."""
     spy = py_spy()
     label = f"{method}, {callers} callers"
     if spy is None:
-        section.notes.append("py-spy is not installed (pip install py-spy): the guarded server was not profiled.")
+        section.notes.append("py-spy is not installed (pip install py-spy): the servers were not profiled.")
         return
-    output = Path(scratch, "profile.txt")
-    command = [spy, "record", "--pid", str(server.process.pid), "--duration", str(plan.profile_seconds)]
-    command += ["--rate", "200", "--nonblocking", "--full-filenames", "--format", "raw", "--output", str(output)]
-    recorder = subprocess.Popen(on_core(command, LOAD_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.5)
-    run_wrk(server.url, script, callers, plan.profile_seconds)
-    _, errors = recorder.communicate(timeout=plan.profile_seconds + 60)
-    if recorder.returncode != 0 or not output.exists():
-        section.notes.append(f"py-spy could not sample the guarded server: {errors.decode()[-300:].strip()}")
-        return
-    by_package, by_function = owners(output.read_text())
-    total = sum(by_package.values()) or 1
-    rows = [
-        f"| {package} | {count / total:.1%} |" for package, count in sorted(by_package.items(), key=lambda i: -i[1])
-    ]
+    per_request: dict[str, dict[str, float]] = {}
+    guard_functions: dict[str, int] = {}
+    guard_share = 0.0
+    for kind in SERVERS:
+        server = servers[kind]
+        output = Path(scratch, f"profile-{kind}.txt")
+        command = [spy, "record", "--pid", str(server.process.pid), "--duration", str(plan.profile_seconds)]
+        command += ["--rate", "200", "--nonblocking", "--full-filenames", "--format", "raw", "--output", str(output)]
+        recorder = subprocess.Popen(on_core(command, LOAD_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        load = run_wrk(server.url, script, callers, plan.profile_seconds)
+        _, errors = recorder.communicate(timeout=plan.profile_seconds + 60)
+        if recorder.returncode != 0 or not output.exists():
+            section.notes.append(f"py-spy could not sample the {kind} server: {errors.decode()[-300:].strip()}")
+            return
+        by_package, by_function = owners(output.read_text())
+        per_request[kind] = {package: 1000 * count / load.requests for package, count in by_package.items()}
+        if kind == "guarded":
+            guard_functions = by_function
+            guard_share = 100 * by_package.get(GUARD_PACKAGE, 0) / (sum(by_package.values()) or 1)
+    bare, guarded = per_request["bare"], per_request["guarded"]
+    packages = sorted(set(bare) | set(guarded), key=lambda package: -max(bare.get(package, 0), guarded.get(package, 0)))
+    rows = [f"| {package} | {bare.get(package, 0):.0f} | {guarded.get(package, 0):.0f} |" for package in packages]
+    rows.append(f"| all | {sum(bare.values()):.0f} | {sum(guarded.values()):.0f} |")
+    guarded_total = sum(guard_functions.values()) or 1
     guard_rows = [
-        f"| {function} | {count / total:.2%} |"
-        for function, count in sorted(by_function.items(), key=lambda item: -item[1])[:8]
+        f"| {function} | {count / guarded_total:.1%} |"
+        for function, count in sorted(guard_functions.items(), key=lambda item: -item[1])[:8]
     ]
     section.tables.append(
         "\n".join(
             [
-                f"py-spy on the guarded server under wrk ({label}, {plan.profile_seconds} s, {total} samples): "
-                "where its time goes, each sample given to the innermost frame outside the standard library",
+                f"py-spy under wrk ({label}, {plan.profile_seconds} s each, 200 samples/s): samples per 1,000 "
+                "requests served, each sample given to the innermost frame outside the standard library",
                 "",
-                "| package | share of samples |",
-                "| --- | --- |",
+                "| package | bare | guarded |",
+                "| --- | --- | --- |",
                 *rows,
                 "",
-                f"The guard's share by function ({label}):",
+                f"The guard's own samples by function ({label}):",
                 "",
-                "| function | share of samples |",
+                "| function | share of the guard's samples |",
                 "| --- | --- |",
                 *guard_rows,
             ]
         )
     )
-    section.add(
-        f"py-spy: {label}, the guard's own share of the server's samples",
-        "%",
-        [100 * by_package.get(GUARD_PACKAGE, 0) / total],
-    )
+    section.add(f"py-spy: {label}, the guard's own share of the server's samples", "%", [guard_share])
 
 
 def measure_memory(section: Section, issuer: LocalAccess) -> None:
@@ -666,9 +720,19 @@ async def collect(quick: bool = False) -> list[Section]:
     return await asyncio.to_thread(collect_sync, quick)
 
 
+def shown(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter loads, one round, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 1 s loads, no frozen pair: a smoke run")
+    parser.add_argument("--rounds", type=int, help="rounds per cell (each round loads bare and guarded once)")
+    parser.add_argument("--seconds", type=float, help="seconds of load per run (whole seconds, 1 or more)")
+    parser.add_argument("--callers", help="comma-separated caller counts, e.g. 1,10,100")
+    parser.add_argument("--method", action="append", choices=tuple(METHODS), help="only this method (repeatable)")
+    parser.add_argument("--no-memory", action="store_true", help="leave the peak-memory measurement out")
+    parser.add_argument("--profile", type=int, metavar="SECONDS", help="py-spy each server this long (0: not at all)")
     parser.add_argument("--serve", choices=(*SERVERS, *FROZEN.values()), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
@@ -681,13 +745,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokens = json.loads(Path(tokens_file).read_text())[: int(callers)]
         print(json.dumps(asyncio.run(httpx_load(url, method, tokens, float(seconds)))))
         return
-    for section in collect_sync(arguments.quick):
+    plan = QUICK if arguments.quick else FULL
+    plan = replace(
+        plan,
+        rounds=arguments.rounds or plan.rounds,
+        seconds=arguments.seconds or plan.seconds,
+        callers=tuple(int(count) for count in arguments.callers.split(",")) if arguments.callers else plan.callers,
+        methods=tuple(arguments.method) if arguments.method else plan.methods,
+        memory_rounds=0 if arguments.no_memory else plan.memory_rounds,
+        profile_seconds=plan.profile_seconds if arguments.profile is None else arguments.profile,
+    )
+    for section in collect_sync(arguments.quick, plan):
         print(f"## {section.title}")
         for figure in section.figures:
             ratio = section.ratio(figure)
-            ratio_text = f"{ratio:5.2f}x" if ratio is not None else " base"
-            spread = f"{figure.low:.1f}-{figure.high:.1f}"
-            print(f"{figure.label:<48} {figure.median:9.1f} {figure.unit:<5} ({spread}) {ratio_text}")
+            is_baseline = any(other.baseline == figure.label for other in section.figures)
+            ratio_text = f"{ratio:5.2f}x" if ratio is not None else (" base" if is_baseline else "")
+            spread = f"{shown(figure.low)}-{shown(figure.high)}"
+            print(f"{figure.label:<48} {shown(figure.median):>9} {figure.unit:<5} ({spread}) {ratio_text}")
+        for table in section.tables:
+            print(f"\n{table}\n")
         for note in section.notes:
             print(note)
         print()

@@ -80,7 +80,8 @@ _NO_SCOPES = AuthCredentials([])
 
 
 class _IdentityBinding:
-    __slots__ = ("_identity", "_resets", "_scope")
+    # Alive for the whole request: the two reset tokens held in slots, not in a tuple of their own.
+    __slots__ = ("_identity", "_identity_reset", "_scope", "_sdk_reset")
 
     def __init__(self, scope: Scope, identity: AccessIdentity) -> None:
         self._scope = scope
@@ -92,12 +93,12 @@ class _IdentityBinding:
         scope.setdefault("state", {})[SCOPE_STATE_KEY] = identity
         scope["user"] = user
         scope["auth"] = _NO_SCOPES
-        self._resets = (_current_identity.set(identity), auth_context_var.set(user))
+        self._identity_reset = _current_identity.set(identity)
+        self._sdk_reset = auth_context_var.set(user)
 
     def __exit__(self, *exc: object) -> None:
-        identity_reset, sdk_reset = self._resets
-        auth_context_var.reset(sdk_reset)
-        _current_identity.reset(identity_reset)
+        auth_context_var.reset(self._sdk_reset)
+        _current_identity.reset(self._identity_reset)
 
 
 def bind_identity(scope: Scope, identity: AccessIdentity) -> _IdentityBinding:

@@ -79,14 +79,25 @@ def _too_large(max_bytes: int) -> RejectedRequest:
 
 def replaying(body: bytes, receive: Receive) -> Receive:
     """A `receive` that hands the app `body` in one message, then defers to the real one (for disconnects)."""
-    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    return _Replay(body, receive)
 
-    async def replay() -> Message:
-        if pending:
-            return pending.pop()
-        return await receive()
 
-    return replay
+class _Replay:
+    """One object rather than a closure, its cells and a list: it lives as long as the request, and each object
+    alive across the app's awaits is one more for every garbage collection made meanwhile."""
+
+    __slots__ = ("_body", "_receive")
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self._body: bytes | None = body
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        body = self._body
+        if body is None:
+            return await self._receive()
+        self._body = None
+        return {"type": "http.request", "body": body, "more_body": False}
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

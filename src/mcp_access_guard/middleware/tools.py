@@ -519,19 +519,32 @@ _READ_HEADERS = frozenset(
 
 
 class _RequestHeaders:
-    """The request headers this layer reads, collected in one pass over the raw list (repeats kept).
+    """The request headers this layer reads, collected in one pass over the raw list.
 
-    Names are compared as the raw bytes ASGI gives (lower case); only the few values read are decoded.
+    Names are compared as the raw bytes ASGI gives (lower case); only the few values read are decoded. Of `Mcp-Method`
+    and `Mcp-Name` the first value is kept and a repeat noted, and a `Content-Encoding` is judged as it is read: no
+    list is built for headers that come once or never (this runs on every POST, and its object lives as long as the
+    request).
     """
 
-    __slots__ = ("content_encodings", "content_length", "content_type", "mcp_methods", "mcp_names", "session_id")
+    __slots__ = (
+        "content_length",
+        "content_type",
+        "foreign_encoding",
+        "mcp_method",
+        "mcp_method_repeated",
+        "mcp_name",
+        "mcp_name_repeated",
+        "session_id",
+    )
 
     def __init__(self, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self.content_length: str | None = None
         self.content_type = ""
-        self.content_encodings: list[str] = []
-        self.mcp_methods: list[str] = []
-        self.mcp_names: list[str] = []
+        self.foreign_encoding = False
+        self.mcp_method: str | None = None
+        self.mcp_name: str | None = None
+        self.mcp_method_repeated = self.mcp_name_repeated = False
         self.session_id: str | None = None
         for name, value in raw_headers:
             if name not in _READ_HEADERS:  # most of them: one set lookup, not six comparisons
@@ -541,11 +554,18 @@ class _RequestHeaders:
             elif name == b"content-type":
                 self.content_type = value.decode("latin-1")
             elif name == _MCP_METHOD:
-                self.mcp_methods.append(value.decode("latin-1"))
+                if self.mcp_method is None:
+                    self.mcp_method = value.decode("latin-1")
+                else:
+                    self.mcp_method_repeated = True
             elif name == _MCP_NAME:
-                self.mcp_names.append(value.decode("latin-1"))
+                if self.mcp_name is None:
+                    self.mcp_name = value.decode("latin-1")
+                else:
+                    self.mcp_name_repeated = True
             elif name == b"content-encoding":
-                self.content_encodings.append(value.decode("latin-1"))
+                if value.decode("latin-1").strip().lower() not in ("", "identity"):
+                    self.foreign_encoding = True
             elif name == b"mcp-session-id":
                 self.session_id = value.decode("latin-1")
 
@@ -553,9 +573,7 @@ class _RequestHeaders:
 def _refuse_other_encodings(headers: _RequestHeaders) -> None:
     # The SDK reads raw UTF-8 bytes; a proxy or another server might inflate them or honour a charset first.
     # Either way the body would be read two ways, so only one reading is accepted.
-    if headers.content_encodings and any(
-        encoding.strip().lower() not in ("", "identity") for encoding in headers.content_encodings
-    ):
+    if headers.foreign_encoding:
         raise RejectedRequest(415, INVALID_REQUEST, "Content-Encoding is not accepted on requests", "content_encoding")
     if ";" not in headers.content_type:
         return
@@ -572,18 +590,18 @@ def _looks_like_guarded(method: str) -> bool:
 
 def _check_routing_headers(headers: _RequestHeaders, message: dict[str, Any], method: Any) -> None:
     """`Mcp-Method` and `Mcp-Name` are hints a server or proxy may route on: they must say what the body says."""
-    if not headers.mcp_methods and not headers.mcp_names:
+    if headers.mcp_method is None and headers.mcp_name is None:
         return
-    for header, values in ((MCP_METHOD_HEADER, headers.mcp_methods), (MCP_NAME_HEADER, headers.mcp_names)):
-        if len(values) > 1:
-            raise RejectedRequest(400, HEADER_MISMATCH, f"{header} header appears more than once", "header_repeated")
-    if headers.mcp_methods and headers.mcp_methods[0] != method:
+    if headers.mcp_method_repeated or headers.mcp_name_repeated:
+        header = MCP_METHOD_HEADER if headers.mcp_method_repeated else MCP_NAME_HEADER
+        raise RejectedRequest(400, HEADER_MISMATCH, f"{header} header appears more than once", "header_repeated")
+    if headers.mcp_method is not None and headers.mcp_method != method:
         raise _header_mismatch(MCP_METHOD_HEADER)
     name_key = NAME_BEARING_METHODS.get(method) if isinstance(method, str) else None
-    if headers.mcp_names and name_key is not None:
+    if headers.mcp_name is not None and name_key is not None:
         params = message.get("params")
         body_value = params.get(name_key) if isinstance(params, dict) else None
-        if decode_header_value(headers.mcp_names[0]) != body_value:
+        if decode_header_value(headers.mcp_name) != body_value:
             raise _header_mismatch(MCP_NAME_HEADER)
 
 
