@@ -73,6 +73,20 @@ class Section:
         base = self.find(figure.baseline).median
         return figure.median / base if base else None
 
+    def print(self) -> None:
+        """The section as a bench file run on its own prints it: a line per figure, its ratio and verdict, then the
+        notes."""
+        print(f"## {self.title}")
+        for figure in self.figures:
+            ratio = self.ratio(figure)
+            ratio_text = f"{ratio:6.2f}x" if ratio is not None else "   base"
+            verdict = "" if figure.met is None else (" met" if figure.met else " MISSED")
+            spread = f"{figure.low:.2f}-{figure.high:.2f}"
+            print(f"{figure.label:<58} {figure.median:10.2f} {figure.unit:<11} ({spread}) {ratio_text}{verdict}")
+        for note in self.notes:
+            print(f"- {note}")
+        print()
+
 
 class LagTicker:
     """Wakes every `interval` seconds and records how late it woke: the longest lag is the longest time the event

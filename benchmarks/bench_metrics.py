@@ -217,15 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     arguments = parser.parse_args(argv)
     for section in asyncio.run(collect(arguments.quick)):
-        print(f"## {section.title}")
-        for figure in section.figures:
-            ratio = section.ratio(figure)
-            ratio_text = f"{ratio:6.2f}x" if ratio is not None else "   base"
-            spread = f"{figure.low:.2f}-{figure.high:.2f}"
-            print(f"{figure.label:<58} {figure.median:10.2f} {figure.unit:<11} ({spread}) {ratio_text}")
-        for note in section.notes:
-            print(f"- {note}")
-        print()
+        section.print()
 
 
 if __name__ == "__main__":

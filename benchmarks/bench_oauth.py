@@ -527,16 +527,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         serve(arguments.serve, arguments.port)
         return
     for section in asyncio.run(collect(arguments.quick)):
-        print(f"## {section.title}")
-        for figure in section.figures:
-            ratio = section.ratio(figure)
-            ratio_text = f"{ratio:6.2f}x" if ratio is not None else "   base"
-            verdict = "" if figure.met is None else (" met" if figure.met else " MISSED")
-            spread = f"{figure.low:.2f}-{figure.high:.2f}"
-            print(f"{figure.label:<58} {figure.median:10.2f} {figure.unit:<11} ({spread}) {ratio_text}{verdict}")
-        for note in section.notes:
-            print(f"- {note}")
-        print()
+        section.print()
 
 
 if __name__ == "__main__":
